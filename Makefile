@@ -1,0 +1,25 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Both build .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo venv clean-venv
+
+venv: $(STAMP)
+
+# torch is pinned first: the pinned wheels come from the local cache, an unpinned torch is a multi-GB download.
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/unisegdiff demo
+
+clean-venv:
+	rm -rf $(VENV)

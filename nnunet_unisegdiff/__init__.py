@@ -1,0 +1,2 @@
+"""UniSegDiff (MICCAI 2025) as an nnU-Net v2 plugin: staged diffusion on top of nnU-Net's UNet."""
+__version__ = "0.1.0"
