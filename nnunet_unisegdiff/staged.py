@@ -1,0 +1,83 @@
+"""Staged training targets (paper section 2.2): which stage a drawn timestep falls in, which
+timestep DNet is told, and how the noise and mask losses are weighted.
+
+| stage | drawn t              | told | alpha : beta |
+| RS    | t >= high (600)      | 999  | 1 : 3        |
+| PM    | low <= t < high      | t    | 1 : 1        |
+| DR    | t < low (300)        | 0    | 3 : 1        |
+
+By default x_t is made at the *drawn* t and only the told timestep is clamped (method.md): that is
+what inference does when it hands X299 to DNet with the DR timestep. `noise_at_clamped_t=True`
+selects the other reading of the paper. The ablation modes of Table 4 share the same interface.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+Mode = Literal["staged", "uniform-eps", "uniform-x0", "one-step"]
+MODES: tuple[Mode, ...] = ("staged", "uniform-eps", "uniform-x0", "one-step")
+
+
+class Stage(IntEnum):
+    RS = 0  # rapid segmentation
+    PM = 1  # probabilistic modelling
+    DR = 2  # denoising refinement
+
+
+class StagedTargets(NamedTuple):
+    t_noise: Tensor  # (B,) timestep x_t is noised at
+    t_net: Tensor    # (B,) timestep DNet is told
+    alpha: Tensor    # (B,) weight of the eps (noise) loss
+    beta: Tensor     # (B,) weight of the x0 (Dice + CE) loss
+    stage: Tensor    # (B,) Stage per sample
+
+
+@dataclass(frozen=True)
+class StagedObjective:
+    mode: Mode = "staged"
+    high: int = 600
+    low: int = 300
+    num_timesteps: int = 1000
+    weights: tuple[tuple[float, float], ...] = ((1.0, 3.0), (1.0, 1.0), (3.0, 1.0))  # RS, PM, DR
+    noise_at_clamped_t: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 0 < self.low < self.high < self.num_timesteps:
+            raise ValueError(f"need 0 < low < high < T, got low={self.low}, high={self.high}")
+
+    def stage_of(self, t: Tensor) -> Tensor:
+        """Stage of each drawn timestep t (any shape)."""
+        return torch.where(t >= self.high, Stage.RS, torch.where(t >= self.low, Stage.PM, Stage.DR))
+
+    def told_timestep(self, t: Tensor, stage: Tensor) -> Tensor:
+        """999 in RS, t in PM, 0 in DR."""
+        top = torch.full_like(t, self.num_timesteps - 1)
+        return torch.where(stage == Stage.RS, top, torch.where(stage == Stage.DR, torch.zeros_like(t), t))
+
+    def draw(self, batch_size: int, device: torch.device | str = "cpu",
+             generator: torch.Generator | None = None) -> Tensor:
+        """t ~ U{0..T-1} per sample (only 'one-step' always uses T-1)."""
+        if self.mode == "one-step":
+            return torch.full((batch_size,), self.num_timesteps - 1, device=device, dtype=torch.long)
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
+
+    def targets(self, t: Tensor) -> StagedTargets:
+        """Everything the loss needs for drawn timesteps t: (B,) long."""
+        ones = torch.ones(t.shape, device=t.device, dtype=torch.float32)
+        if self.mode == "staged":
+            stage = self.stage_of(t)
+            told = self.told_timestep(t, stage)
+            w = torch.tensor(self.weights, device=t.device, dtype=torch.float32)[stage]  # (B, 2)
+            return StagedTargets(told if self.noise_at_clamped_t else t, told, w[:, 0], w[:, 1], stage)
+        stage = self.stage_of(t)
+        if self.mode == "uniform-eps":
+            return StagedTargets(t, t, ones, 0 * ones, stage)
+        # uniform-x0 and one-step: the mask loss only
+        return StagedTargets(t, t, 0 * ones, ones, stage)
