@@ -10,6 +10,7 @@ from typing import Sequence
 # module path of each subcommand; each module defines `register(subparsers)` and sets `func`
 SUBCOMMAND_MODULES = (
     "nnunet_unisegdiff.nnunet_ext",
+    "nnunet_unisegdiff.evaluation",
 )
 
 
