@@ -11,6 +11,7 @@ from typing import Sequence
 SUBCOMMAND_MODULES = (
     "nnunet_unisegdiff.nnunet_ext",
     "nnunet_unisegdiff.evaluation",
+    "dataset_conversion.cli",
 )
 
 
