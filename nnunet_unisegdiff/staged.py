@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -81,3 +81,30 @@ class StagedObjective:
             return StagedTargets(t, t, ones, 0 * ones, stage)
         # uniform-x0 and one-step: the mask loss only
         return StagedTargets(t, t, 0 * ones, ones, stage)
+
+
+def labels_to_x0(labels: Tensor, num_classes: int) -> Tensor:
+    """Label map (B, 1, *spatial) -> clean mask in diffusion space: one-hot scaled to [-1, 1]."""
+    onehot = torch.zeros((labels.shape[0], num_classes, *labels.shape[2:]), device=labels.device)
+    return 2 * onehot.scatter_(1, labels.long(), 1.0) - 1
+
+
+def staged_loss(eps_hat: Tensor, x0_logits: Tensor, eps: Tensor, labels: Tensor, targets: StagedTargets,
+                seg_loss: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, dict[Stage, float]]:
+    """alpha * MSE(eps) + beta * seg_loss(x0 logits, labels), weighted per sample by its stage.
+
+    seg_loss is nnU-Net's Dice + CE (it reduces over its batch), so it runs once per stage present.
+    Returns the batch loss and each present stage's mean loss, for logging.
+    """
+    b = eps.shape[0]
+    mse = (eps_hat.float() - eps).square().flatten(1).mean(1)  # (B,)
+    total = eps.new_zeros(())
+    per_stage: dict[Stage, float] = {}
+    for stage in targets.stage.unique().tolist():
+        idx = targets.stage == stage
+        alpha, beta = targets.alpha[idx].mean(), targets.beta[idx].mean()
+        # a zero weight still multiplies, so both decoders always get a gradient (DDP needs that)
+        loss = alpha * mse[idx].mean() + beta * seg_loss(x0_logits[idx], labels[idx])
+        total = total + loss * idx.sum() / b
+        per_stage[Stage(stage)] = float(loss.detach())
+    return total, per_stage

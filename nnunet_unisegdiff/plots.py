@@ -1,0 +1,29 @@
+"""PNG figures a person looks at rather than reads."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STAGE_KEYS = (("train_loss_rs", "RS (t > 599)"), ("train_loss_pm", "PM (299 < t <= 599)"),
+              ("train_loss_dr", "DR (t <= 299)"))
+
+
+def plot_stage_losses(logs: dict, phase_b_start: int, path: str) -> None:
+    """Phase-B training loss per stage next to nnU-Net's train/val loss, one point per epoch."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for key, label in (("train_losses", "train loss"), ("val_losses", "val loss")):
+        ax.plot(np.arange(len(logs[key])), logs[key], label=label, lw=2, alpha=0.5)
+    for key, label in STAGE_KEYS:
+        values = logs.get(key, [])
+        ax.plot(np.arange(len(values)), values, marker="o", ms=3, label=f"phase B, {label}")
+    ax.axvline(phase_b_start - 0.5, color="k", ls="--", lw=1)
+    ax.text(phase_b_start - 0.5, ax.get_ylim()[1], " phase B: DNet", va="top")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
