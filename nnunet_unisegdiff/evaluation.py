@@ -12,15 +12,16 @@ PNG, NIfTI, ...): Dice = 2TP / (2TP + FP + FN), IoU = TP / (TP + FP + FN). Aggre
   mDice/mIoU); with several foreground labels, the mean over labels of those per-label means
   (nnU-Net's `foreground_mean`), or, with `--classes union`, the score of the union of all
   foreground labels as one region.
-* tasks come from the unified converter's source table (`--sources`, case_id -> task); an `all`
+* tasks come from the unified converter's source table (`--sources`, case_id -> source or task;
+  `--task-map paper` renames sources to the paper's WA BT ADC CP LI BL, in that order); an `all`
   row pools every case, and with several tasks a `mean` row is the unweighted mean of the task
   rows (how the paper's cross-task means are formed).
 * fold mode scores each `fold_k/validation/` folder on its own and reports mean ± std across
   folds (sample standard deviation, ddof=1) per task.
 
 Empty masks (the rule is written into every output): a case whose ground truth has no foreground
-for a label is an "empty-GT" case. A prediction with foreground there scores 0 under every rule
-(Dice's formula: TP = 0, FP > 0). When prediction and ground truth are both empty, Dice is 0/0;
+for a label is an "empty-GT" case. A prediction with foreground there scores 0 (Dice's formula:
+TP = 0, FP > 0) unless `--empty drop` removes the case. When prediction and ground truth are both empty, Dice is 0/0;
 `--empty` decides:
 
 * `exclude` (default, nnU-Net's rule): the score is NaN, the case leaves the mean and is counted in
@@ -130,7 +131,9 @@ def pair_cases(pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missin
 def load_sources(path: str | Path, column: str | None = None) -> dict[str, str]:
     """case id -> task, in the table's order, from the unified converter's source table.
 
-    Accepted: JSON `{case_id: task}`, `{case_id: {"task"|"source": ...}}`, a list of records
+    Accepted: JSON `{case_id: task}`, `{case_id: {"task"|"source": ...}}` (what
+    `dataset_conversion.common` writes: `sources.json` beside dataset.json, with `source`,
+    `group`, `subset`, `origin` per case), a list of records
     `[{"case_id": ..., "task"|"source": ...}]` (also under a top-level `"cases"` key), or a CSV
     with a `case_id` (or `case`) column and a `task` or `source` column. `column` picks the
     grouping field; default `task` when present, else `source`.
@@ -161,6 +164,46 @@ def load_sources(path: str | Path, column: str | None = None) -> dict[str, str]:
                                   f"{column or 'task/source'} field: {rec}")
         mapping[str(case)] = str(rec[key])
     return mapping
+
+
+# The paper's six tasks (Table 3 column order) and the source names that belong to each; keys are
+# compared lower-case with everything but letters and digits removed ("CVC-ClinicDB" -> cvcclinicdb).
+PAPER_TASK_ORDER = ("WA", "BT", "ADC", "CP", "LI", "BL")
+PAPER_TASKS = {
+    **dict.fromkeys(("wa", "amdsd", "wetamd"), "WA"),
+    **dict.fromkeys(("bt", "btd", "braintumor", "braintumour"), "BT"),
+    **dict.fromkeys(("adc", "ebhiseg", "ebhi", "adenocarcinoma"), "ADC"),
+    **dict.fromkeys(("cp", "polyp", "colonpolyp", "kvasir", "kvasirseg", "cvcclinicdb", "clinicdb",
+                     "cvc612", "cvccolondb", "colondb", "etis", "etislaribpolypdb", "etislarib",
+                     "cvc300", "endoscene", "cvcendoscenestill"), "CP"),
+    **dict.fromkeys(("li", "covid19", "covid", "lunginfection", "medseg", "covid19ctseg"), "LI"),
+    **dict.fromkeys(("bl", "busi", "breastlesion", "breastultrasound"), "BL"),
+}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def load_task_map(spec: str | Path) -> tuple[dict[str, str], list[str]]:
+    """(normalised source name -> task, task order) from `paper` (the built-in map to the paper's
+    abbreviations WA BT ADC CP LI BL) or a JSON `{source: task}` / CSV `source,task` file."""
+    if str(spec) == "paper":
+        return dict(PAPER_TASKS), list(PAPER_TASK_ORDER)
+    path = Path(spec)
+    if not path.is_file():
+        raise EvaluationError(f"task map not found: {path} (a file, or 'paper')")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            pairs = [(r["source"], r["task"]) for r in csv.DictReader(f)]
+    else:
+        pairs = list(json.loads(path.read_text()).items())
+    return {_norm(k): str(v) for k, v in pairs}, list(dict.fromkeys(v for _, v in pairs))
+
+
+def map_tasks(sources: Mapping[str, str], task_map: Mapping[str, str]) -> dict[str, str]:
+    """Rename each case's source to its task (sources not in the map keep their name)."""
+    return {case: task_map.get(_norm(src), src) for case, src in sources.items()}
 
 
 def assign_tasks(cases: Sequence[str], sources: Mapping[str, str] | None, *,
@@ -376,7 +419,22 @@ def _meta(name, empty_rule, classes, class_mode, **extra) -> dict:
             "scores": "per_case.csv: Dice/IoU in [0, 1]; summaries: percent", **extra}
 
 
-def evaluate_folder(pred_dir, gt_dir, *, sources=None, labels=None, class_mode="per-label",
+def _load_tasks(sources, task_map) -> tuple[dict[str, str] | None, list[str] | None]:
+    """case -> task from the sources table (renamed through the task map), and the task order."""
+    if not sources:
+        if task_map:
+            raise EvaluationError("--task-map needs --sources")
+        return None, None
+    mapping = load_sources(sources)
+    order: list[str] = []
+    if task_map:
+        table, order = load_task_map(task_map)
+        mapping = map_tasks(mapping, table)
+    return mapping, order + [t for t in dict.fromkeys(mapping.values()) if t not in order]
+
+
+def evaluate_folder(pred_dir, gt_dir, *, sources=None, task_map=None, labels=None,
+                    class_mode="per-label",
                     empty_rule="exclude", allow_missing=False, file_ending=None,
                     num_processes=1, name=None) -> dict:
     """Score every prediction in `pred_dir` against `gt_dir`: {"meta", "per_case", "summary"}."""
@@ -384,13 +442,13 @@ def evaluate_folder(pred_dir, gt_dir, *, sources=None, labels=None, class_mode="
     file_ending, gt, rw, classes, ignore = _setup([pred_dir], gt_dir, labels=labels,
                                                   file_ending=file_ending, class_mode=class_mode)
     pairs = pair_cases(label_files(pred_dir, file_ending), gt, allow_missing=allow_missing)
-    source_map = load_sources(sources) if sources else None
+    source_map, order = _load_tasks(sources, task_map)
     tasks = assign_tasks([c for c, _, _ in pairs], source_map, allow_missing=allow_missing)
     per_case = score_cases(pairs, rw, classes, ignore, tasks, empty_rule, num_processes)
-    summary = summarize(per_case, list(dict.fromkeys(source_map.values())) if source_map else None)
+    summary = summarize(per_case, order)
     meta = _meta(name or pred_dir.name, empty_rule, classes, class_mode,
                  pred_dir=str(pred_dir), gt_dir=str(gt_dir), sources=str(sources or ""),
-                 file_ending=file_ending)
+                 task_map=str(task_map or ""), file_ending=file_ending)
     return {"meta": meta, "per_case": per_case, "summary": summary}
 
 
@@ -413,7 +471,8 @@ def fold_folders(trainer_dir: Path, fold_ids: Sequence[int] | None = None) -> di
     return found
 
 
-def evaluate_folds(trainer_dir, gt_dir, *, sources=None, labels=None, class_mode="per-label",
+def evaluate_folds(trainer_dir, gt_dir, *, sources=None, task_map=None, labels=None,
+                   class_mode="per-label",
                    empty_rule="exclude", allow_missing=False, file_ending=None, num_processes=1,
                    fold_ids=None, name=None) -> dict:
     """Each fold's validation predictions scored on its own; summary = mean ± std across folds.
@@ -423,8 +482,7 @@ def evaluate_folds(trainer_dir, gt_dir, *, sources=None, labels=None, class_mode
     file_ending, gt, rw, classes, ignore = _setup(list(folds.values()), gt_dir, labels=labels,
                                                   file_ending=file_ending, class_mode=class_mode,
                                                   extra_json_dirs=[trainer_dir])
-    source_map = load_sources(sources) if sources else None
-    order = list(dict.fromkeys(source_map.values())) if source_map else None
+    source_map, order = _load_tasks(sources, task_map)
     per_case, per_fold = [], {}
     for fold, folder in folds.items():
         pairs = pair_cases(label_files(folder, file_ending), gt, allow_missing=allow_missing,
@@ -439,7 +497,7 @@ def evaluate_folds(trainer_dir, gt_dir, *, sources=None, labels=None, class_mode
                       stacklevel=2)
     meta = _meta(name or trainer_dir.name.split("__")[0], empty_rule, classes, class_mode,
                  trainer_dir=str(trainer_dir), gt_dir=str(gt_dir), sources=str(sources or ""),
-                 file_ending=file_ending, folds=list(folds),
+                 task_map=str(task_map or ""), file_ending=file_ending, folds=list(folds),
                  std="sample standard deviation across folds (ddof=1)")
     return {"meta": meta, "per_case": per_case, "summary": summarize_folds(per_fold),
             "per_fold": [{"fold": f, **r} for f, rows in per_fold.items() for r in rows]}
@@ -511,6 +569,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sources", default=None, metavar="SOURCES",
                    help="case_id -> task table of the unified converter (JSON or CSV); "
                         "default: every case in task 'all'")
+    p.add_argument("--task-map", default=None, metavar="MAP",
+                   help="rename sources to tasks: 'paper' (the paper's WA BT ADC CP LI BL, e.g. "
+                        "the five polyp sets -> CP, in Table 3's order) or a JSON {source: task} "
+                        "/ CSV source,task file")
     p.add_argument("--labels", type=int, nargs="+", default=None, metavar="L",
                    help="foreground labels (default: dataset.json beside GT_DIR or in the "
                         "trainer folder, else the values found in the ground truths)")
@@ -532,7 +594,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    kwargs = dict(sources=args.sources, labels=args.labels, class_mode=args.classes,
+    kwargs = dict(sources=args.sources, task_map=args.task_map, labels=args.labels,
+                  class_mode=args.classes,
                   empty_rule=args.empty, allow_missing=args.allow_missing,
                   file_ending=args.file_ending, num_processes=args.num_processes, name=args.name)
     try:

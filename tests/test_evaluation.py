@@ -89,6 +89,22 @@ def test_sources_table_prefers_task_over_source_column(tmp_path):
     assert ev.load_sources(src, column="source") == {"k1": "Kvasir", "c1": "CVC-ClinicDB"}
 
 
+def test_converter_sources_json_with_paper_task_map_merges_polyp_sets_in_paper_order(tmp_path):
+    pred, gt = write_cases(tmp_path, {"kv1": (GT3, GT3), "cvc1": (GT3, PRED3),
+                                      "busi1": (GT3, EMPTY), "amd1": (GT3, GT3)})
+    # the per-case table dataset_conversion.common writes beside dataset.json
+    table = {c: {"source": s, "group": None, "subset": "Tr", "origin": f"/raw/{c}"}
+             for c, s in (("busi1", "BUSI"), ("kv1", "Kvasir-SEG"), ("cvc1", "CVC-ClinicDB"),
+                          ("amd1", "AMD-SD"))}
+    (tmp_path / "sources.json").write_text(json.dumps(table))
+    rows = ev.evaluate_folder(pred, gt, sources=tmp_path / "sources.json",
+                              task_map="paper")["summary"]
+    assert [r["task"] for r in rows] == ["WA", "CP", "BL", "mean", "all"]
+    assert rows[1]["n"] == 2 and rows[1]["mDice"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    no_map = ev.evaluate_folder(pred, gt, sources=tmp_path / "sources.json")["summary"]
+    assert [r["task"] for r in no_map][:4] == ["BUSI", "Kvasir-SEG", "CVC-ClinicDB", "AMD-SD"]
+
+
 def test_case_missing_from_sources_table_is_an_error_naming_it(tmp_path):
     pred, gt = write_cases(tmp_path, {"a": (GT3, GT3), "zz": (GT3, GT3)})
     (tmp_path / "s.json").write_text(json.dumps({"a": "T"}))
