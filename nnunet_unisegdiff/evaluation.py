@@ -102,20 +102,23 @@ def _name_list(names: Sequence[str], limit: int = 20) -> str:
 
 
 def pair_cases(pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missing: bool = False,
-               every_gt_needs_pred: bool = True) -> list[tuple[str, Path, Path]]:
+               every_gt_needs_pred: bool = True, pred_dir: Path | str = "PRED_DIR",
+               gt_dir: Path | str = "GT_DIR") -> list[tuple[str, Path, Path]]:
     """(case, prediction file, ground-truth file) for every case with both. A prediction without a
     ground truth (and, if `every_gt_needs_pred`, a ground truth without a prediction) is an
     `EvaluationError` naming the files, or with `allow_missing` a warning and the case is skipped."""
+    if not pred:
+        raise EvaluationError(f"no prediction files in {pred_dir}")
     problems = []
     no_gt = sorted(set(pred) - set(gt))
     if no_gt:
         problems.append(f"{len(no_gt)} prediction(s) without a ground truth in "
-                        f"{next(iter(gt.values()), Path('GT_DIR')).parent}: "
+                        f"{gt_dir}: "
                         + _name_list([pred[c].name for c in no_gt]))
     no_pred = sorted(set(gt) - set(pred)) if every_gt_needs_pred else []
     if no_pred:
         problems.append(f"{len(no_pred)} ground truth(s) without a prediction in "
-                        f"{next(iter(pred.values()), Path('PRED_DIR')).parent}: "
+                        f"{pred_dir}: "
                         + _name_list([gt[c].name for c in no_pred]))
     if problems and not allow_missing:
         raise EvaluationError("; ".join(problems) + " (use --allow-missing to skip them)")
@@ -441,7 +444,8 @@ def evaluate_folder(pred_dir, gt_dir, *, sources=None, task_map=None, labels=Non
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     file_ending, gt, rw, classes, ignore = _setup([pred_dir], gt_dir, labels=labels,
                                                   file_ending=file_ending, class_mode=class_mode)
-    pairs = pair_cases(label_files(pred_dir, file_ending), gt, allow_missing=allow_missing)
+    pairs = pair_cases(label_files(pred_dir, file_ending), gt, allow_missing=allow_missing,
+                       pred_dir=pred_dir, gt_dir=gt_dir)
     source_map, order = _load_tasks(sources, task_map)
     tasks = assign_tasks([c for c, _, _ in pairs], source_map, allow_missing=allow_missing)
     per_case = score_cases(pairs, rw, classes, ignore, tasks, empty_rule, num_processes)
@@ -486,7 +490,7 @@ def evaluate_folds(trainer_dir, gt_dir, *, sources=None, task_map=None, labels=N
     per_case, per_fold = [], {}
     for fold, folder in folds.items():
         pairs = pair_cases(label_files(folder, file_ending), gt, allow_missing=allow_missing,
-                           every_gt_needs_pred=False)
+                           every_gt_needs_pred=False, pred_dir=folder, gt_dir=gt_dir)
         tasks = assign_tasks([c for c, _, _ in pairs], source_map, allow_missing=allow_missing)
         rows = score_cases(pairs, rw, classes, ignore, tasks, empty_rule, num_processes)
         per_case += [{"fold": fold, **r} for r in rows]

@@ -173,6 +173,7 @@ def test_prediction_without_ground_truth_is_an_error_naming_the_file(tmp_path, c
     with pytest.raises(ev.EvaluationError) as err:
         ev.evaluate_folder(pred, gt)
     assert "orphan_pred.png" in str(err.value) and "orphan_gt.png" in str(err.value)
+    assert str(gt) in str(err.value) and str(pred) in str(err.value)  # where each is missing
     assert cli_main(["evaluate", str(pred), str(gt), "-o", str(tmp_path / "o")]) == 2
     assert "orphan_pred.png" in capsys.readouterr().err
     with pytest.warns(UserWarning) as caught:
