@@ -138,17 +138,19 @@ def natural_key(text: str) -> list:
 
 
 def pair_by_stem(images: Iterable[Path], masks: Iterable[Path],
-                 mask_stem: Callable[[str], str] = lambda s: s,
+                 mask_stem: Callable[[str], str | Sequence[str]] = lambda s: s,
                  ) -> tuple[list[tuple[Path, Path]], list[Orphan]]:
-    """Pair images with masks by stem (`mask_stem(image_stem)` is the expected mask stem).
+    """Pair images with masks by stem: `mask_stem(image_stem)` is the expected mask stem, or a
+    sequence of candidate stems tried in order (e.g. `lambda s: (s, "p" + s)`).
     Returns (pairs in image order, orphans: images without mask and masks without image)."""
     by_stem: dict[str, Path] = {}
     for m in masks:
         by_stem.setdefault(m.stem, m)
     pairs, orphans, used = [], [], set()
     for im in images:
-        key = mask_stem(im.stem)
-        if key in by_stem:
+        keys = mask_stem(im.stem)
+        key = next((k for k in ([keys] if isinstance(keys, str) else keys) if k in by_stem and k not in used), None)
+        if key is not None:
             pairs.append((im, by_stem[key]))
             used.add(key)
         else:
