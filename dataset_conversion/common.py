@@ -334,7 +334,7 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
                   test_cases: Iterable[Case | Orphan] | None = None,
                   preprocessed_root: Path | str | None = None, description: str | None = None,
                   reference: str | None = None, release: str | None = None, license: str | None = None,
-                  progress: bool = True, quiet: bool = False) -> Path:
+                  progress: bool = True, quiet: bool = False, stratify_by_source: bool = False) -> Path:
     """Validate and write `cases` as `{out_root}/Dataset{dataset_id:03d}_{name}`; return its path.
 
     cases: `Case`s (eager or lazy) and `Orphan`s (counted and reported, never written).
@@ -344,6 +344,7 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
     splits are written there when it is unset; the raw folder still gets a copy).
     folds: "5" (nnU-Net's default 5-fold), "paper4" (4 random equal folds), an int, or None.
     skip_bad: report and skip unusable pairs instead of stopping at the first one.
+    stratify_by_source: split each source on its own and join fold k of all (merged datasets).
     test_cases: optional held-out cases written to `imagesTs/` (+ `labelsTs/` when labelled).
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
@@ -387,6 +388,7 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
         label_counter: Counter = Counter()
         src_counter: Counter = Counter()
         train_groups: dict[str, str | None] = {}
+        train_sources: dict[str, str] = {}
 
         def write_all(items, subset: str) -> int:
             img_dir, lab_dir = tmp / f"images{subset}", tmp / f"labels{subset}"
@@ -431,6 +433,7 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
                     summary.empty_masks += int(present.max() == 0)
                     src_counter[item.source or name] += 1
                     train_groups[item.case_id] = item.group
+                    train_sources[item.case_id] = item.source or name
                 n += 1
             bar.close()
             return n
@@ -463,7 +466,9 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
         if folds is not None:
             n_folds = splits_mod.num_folds(folds)
             split_json, level = splits_mod.make_splits(ids, [train_groups[i] for i in ids],
-                                                       n_folds=n_folds, seed=seed)
+                                                       n_folds=n_folds, seed=seed,
+                                                       strata=[train_sources[i] for i in ids]
+                                                       if stratify_by_source else None)
             summary.split_level = level
         if split_json:
             summary.folds = len(split_json)

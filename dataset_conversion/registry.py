@@ -2,7 +2,8 @@
 
 A converter module defines `SPEC = ConverterSpec(...)`: its CLI name, a one-line description, a
 `read(source_dir, **opts)` yielding `Case`/`Orphan` records (see `common.py`), the dataset name,
-channel names and labels (each a value, or a function of the converter's options), and an
+channel names and labels (each a value, or a function of the converter's options dict, which also
+holds "source_dir"), and an
 `add_arguments(parser)` for its own options. `read` receives exactly those options as keyword
 arguments, plus `seed` if its signature has a `seed` parameter. `convert()` runs one converter from
 Python; `cli.py` exposes the same as `unisegdiff convert NAME SOURCE_DIR -d ID ...`.
@@ -66,6 +67,7 @@ class ConverterSpec:
     read_test: Callable[..., Iterable[Case | Orphan]] | None = None  # held-out cases -> imagesTs
     download: str = ""  # where users get the data (help text, README)
     reference: str | None = None
+    stratify_by_source: bool = False  # splits per source, joined fold-wise (merged datasets)
 
     @property
     def dataset_id(self) -> int:
@@ -115,7 +117,7 @@ def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, 
             raise LayoutError(f"{source}: source folder not found")
     elif spec.source_required:
         raise LayoutError(f"{spec.name}: SOURCE_DIR is required")
-    info = spec.info(opts)
+    info = spec.info({**opts, "source_dir": source})
     cases = _call(spec.read, source, opts, seed)
     test_cases = _call(spec.read_test, source, opts, seed) if spec.read_test is not None else None
     return write_dataset(cases, dataset_id=dataset_id if dataset_id is not None else spec.dataset_id,
@@ -123,4 +125,4 @@ def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, 
                          out_root=out_root, preprocessed_root=preprocessed_root, overwrite=overwrite,
                          skip_bad=skip_bad, folds=folds, seed=seed, test_cases=test_cases,
                          description=spec.description, reference=spec.reference, release=spec.download or None,
-                         progress=progress, quiet=quiet)
+                         progress=progress, quiet=quiet, stratify_by_source=spec.stratify_by_source)

@@ -74,10 +74,16 @@ def group_level_splits(case_ids: Sequence[str], groups: Sequence[str], n_folds: 
 
 
 def make_splits(case_ids: Sequence[str], groups: Sequence[str | None] | None = None, *, n_folds: int = 5,
-                seed: int = 12345) -> tuple[list[dict], str]:
+                seed: int = 12345, strata: Sequence[str] | None = None) -> tuple[list[dict], str]:
     """(splits, level) with level "group" or "image"; ([], "none") when there are fewer cases than
-    folds. Cases whose group is None become their own group when others have groups."""
+    folds. Cases whose group is None become their own group when others have groups.
+
+    strata: e.g. the source task of each case. Each stratum is split on its own and fold k is the
+    union of the strata's folds k (every task is cross-validated as if alone, as in the paper's
+    per-dataset 4 folds); a stratum with fewer cases than folds spreads them one per fold."""
     case_ids = list(case_ids)
+    if strata is not None:
+        return _stratified(case_ids, groups, list(strata), n_folds, seed)
     if len(case_ids) < n_folds:
         log.warning("only %d cases: no %d-fold split written", len(case_ids), n_folds)
         return [], "none"
@@ -87,6 +93,30 @@ def make_splits(case_ids: Sequence[str], groups: Sequence[str | None] | None = N
             return group_level_splits(case_ids, keys, n_folds, seed), "group"
         log.warning("only %d groups for %d folds: splitting at image level", len(set(keys)), n_folds)
     return image_level_splits(case_ids, n_folds, seed), "image"
+
+
+def _stratified(case_ids, groups, strata, n_folds, seed) -> tuple[list[dict], str]:
+    if len(case_ids) < n_folds:
+        return [], "none"
+    groups = list(groups) if groups is not None else [None] * len(case_ids)
+    folds = [{"train": [], "val": []} for _ in range(n_folds)]
+    levels = set()
+    for stratum in sorted(set(strata)):
+        idx = [i for i, s in enumerate(strata) if s == stratum]
+        ids = [case_ids[i] for i in idx]
+        sub, level = make_splits(ids, [groups[i] for i in idx], n_folds=n_folds, seed=seed)
+        if not sub:  # too few cases: one per fold, in a seeded order
+            order = np.random.default_rng(seed).permutation(len(ids))
+            sub = [{"val": [ids[j] for j in order[k::n_folds]]} for k in range(n_folds)]
+            sub = [{"train": sorted(set(ids) - set(f["val"])), "val": sorted(f["val"])} for f in sub]
+            level = "image"
+        levels.add(level)
+        for k in range(n_folds):
+            folds[k]["train"] += sub[k]["train"]
+            folds[k]["val"] += sub[k]["val"]
+    folds = [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in folds]
+    level = levels.pop() if len(levels) == 1 else "group/image"
+    return folds, f"{level} (per source)"
 
 
 def straddling_groups(splits: list[dict], group_of: dict[str, str | None]) -> set[str]:
