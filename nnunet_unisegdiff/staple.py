@@ -1,15 +1,19 @@
 """STAPLE (Warfield et al. 2004) label fusion in torch, vectorised over images, raters and pixels.
 
 UniSegDiff fuses its 20 sampled masks with STAPLE inside every prediction, so this runs on the
-prediction device, in a fixed number of batched matrix products, with no per-pixel Python.
+prediction device with a handful of small tensor ops per iteration and no Python loop over
+pixels, raters or images.
 
 Model: pixel i has a hidden label y_i with prior g = P(y_i = 1); rater j reports D_ij with
 sensitivity p_j = P(D=1 | y=1) and false-positive rate f_j = P(D=1 | y=0) (specificity 1 - f_j).
-In log-odds the E-step is affine in D, so one ``baddbmm`` computes it for all pixels:
+In log-odds the E-step is affine in the vote vector D_i:
 
     logit W_i = logit g + sum_j log((1-p_j)/(1-f_j)) + sum_j D_ij (logit p_j - logit f_j)
 
-and the M-step needs only sum_i W_i D_ij and sum_i (1-W_i) D_ij: one ``bmm``.
+so W depends on a pixel only through its vote pattern, and the M-step needs only
+sum_i W_i D_ij and sum_i (1-W_i) D_ij. The EM therefore runs on the U distinct patterns
+(weighted by their pixel counts; U << P since samples mostly agree) instead of all P pixels:
+one sort to find them, one small matmul per E-step and per M-step, then one gather back to pixels.
 
 Two schedules:
 - ``"paper"``: E-step first from p = 0.9, f = 0.1, fixed prior 0.5, 20 E-steps (the W of a
@@ -23,6 +27,8 @@ Two schedules:
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -31,31 +37,97 @@ __all__ = ["staple", "staple_batched", "staple_multiclass"]
 _DEFAULT_ITERATIONS = {"paper": 20, "itk": 10_000}
 
 
-def _m_step(
-    d: Tensor, w: Tensor, w_neg: Tensor, p: Tensor, f: Tensor, init: Tensor, k: float, tiny: float
-) -> tuple[Tensor, Tensor]:
-    """p_j = sum W D_j / sum W, f_j = sum (1-W) D_j / sum (1-W), each plus ``k`` pseudo-pixels at ``init``.
+def _vote_patterns(masks_bn: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Distinct vote patterns of each stack: bits (N, U) in dtype, batch id (U,), count (U,), inverse (B*P,)."""
+    b, n = masks_bn.shape[:2]
+    m = masks_bn.reshape(b, n, -1)  # (B, N, P)
+    if m.dtype == torch.bool:
+        m = m.view(torch.uint8)
+    elif m.dtype == torch.uint8:
+        m = m.clamp(max=1)
+    else:
+        m = (m != 0).view(torch.uint8)
+    key_bits = n + max(b - 1, 0).bit_length()
+    if key_bits <= 63:  # one integer key per pixel: batch id in the high bits, votes in the low N bits
+        key_dtype = torch.int32 if key_bits <= 31 else torch.int64  # int32 sorts faster
+        shifts = torch.arange(n, device=m.device, dtype=key_dtype)[:, None]  # (N, 1)
+        codes = m.to(key_dtype).bitwise_left_shift_(shifts).sum(dim=1, dtype=key_dtype)  # (B, P), exact
+        if b > 1:
+            codes += (torch.arange(b, device=m.device, dtype=key_dtype) << n)[:, None]
+        keys, inverse, counts = torch.unique(codes.view(-1), return_inverse=True, return_counts=True)
+        bits = (keys >> shifts) & 1  # (N, U)
+        batch = keys >> n  # (U,)
+    else:  # very many raters: unique rows (slower)
+        batch_col = torch.arange(b, device=m.device).view(b, 1, 1).expand(b, m.shape[2], 1)
+        rows = torch.cat((batch_col, m.transpose(1, 2).to(torch.int64)), dim=2)  # (B, P, 1 + N)
+        uniq, inverse, counts = torch.unique(rows.view(-1, n + 1), dim=0, return_inverse=True, return_counts=True)
+        bits, batch = uniq[:, 1:].t(), uniq[:, 0]
+    return bits.to(dtype), batch, counts, inverse
 
-    ``k > 0`` is a Beta prior at the initial (p, f) (MAP STAPLE): negligible for a real consensus,
-    but it keeps p, f informative when the consensus holds (almost) no foreground or background, where
-    plain EM drifts to p -> 0 and W -> prior everywhere. With ``k = 0`` a sum below ``tiny`` (0/0, what
-    makes ITK return NaN) keeps the previous value instead.
+
+@functools.lru_cache(maxsize=16)
+def _llr_map(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(4N, 2N + 2) linear map from log Q (flattened (2, 2N)) to (+a, +c, -a, -c).
+
+    a_j = log p_j - log(1-p_j) - log f_j + log(1-f_j) and c = sum_j log(1-p_j) - log(1-f_j), so the
+    log-likelihood ratio of a vote pattern D is (a, c) . (D, 1); the negated copy gives 1 - W's log-odds.
     """
-    ww = torch.stack((w, w_neg), dim=-1)  # (B, P, 2): W and 1 - W (1 - W from sigmoid(-L): no cancellation)
-    s = torch.bmm(d, ww)  # (B, N, 2): sum_i W_i D_ij, sum_i (1 - W_i) D_ij
-    mass = ww.sum(dim=1, keepdim=True) + k  # (B, 1, 2)
-    prev = torch.stack((p, f), dim=-1)  # (B, N, 2)
-    new = torch.where(mass > tiny, (s + k * init) / mass.clamp_min(tiny), prev)
-    return new[..., 0], new[..., 1]  # (B, N) each
+    m = torch.zeros(n + 1, 2, 2 * n, dtype=dtype, device=device)
+    j = torch.arange(n, device=device)
+    m[j, 0, j], m[j, 0, n + j], m[j, 1, j], m[j, 1, n + j] = 1.0, -1.0, -1.0, 1.0
+    m[n, 0, n:], m[n, 1, n:] = 1.0, -1.0
+    m = m.view(n + 1, 4 * n)
+    return torch.cat((m, -m)).t().contiguous()
 
 
-def _e_step(d: Tensor, p: Tensor, f: Tensor, logit_g: Tensor, eps: float) -> Tensor:
-    """Log-odds of the posterior, (B, P): finite for any p, f (clamped to [eps, 1 - eps])."""
-    p = p.clamp(eps, 1.0 - eps)
-    f = f.clamp(eps, 1.0 - eps)
-    a = torch.logit(p) - torch.logit(f)  # (B, N): evidence of a positive vote
-    c = logit_g + (torch.log1p(-p) - torch.log1p(-f)).sum(dim=1)  # (B,): all raters voting 0
-    return torch.baddbmm(c[:, None, None], a[:, None, :], d).squeeze(1)  # (B, 1, N) @ (B, N, P) -> (B, P)
+class _PatternEM:
+    """EM on vote patterns with parameters Q (B, 2, 2N): Q[b, 0] = (p, 1 - p), Q[b, 1] = (f, 1 - f).
+
+    Keeping 1 - p and 1 - f as their own entries lets them be floored at eps separately. The E-step is a clamp,
+    a log, one small affine map to the per-stack weights (+a, +c; -a, -c) and one matmul over the
+    patterns, giving the log-odds of W and of 1 - W at once; the M-step is one matmul and a division.
+    Layouts are chosen for fast CPU GEMMs: patterns along the last (contiguous) axis.
+    """
+
+    def __init__(self, bits: Tensor, batch: Tensor, counts: Tensor, b: int, eps: float) -> None:
+        n = bits.shape[0]
+        dtype, dev = bits.dtype, bits.device
+        self.b, self.n, self.eps = b, n, eps
+        ones = torch.ones_like(bits[:1])
+        self.bits1 = torch.cat((bits, ones))  # (N + 1, U): votes and a bias row
+        self.wbits = self.bits1 * counts.to(dtype)  # (N + 1, U): pixel counts times (D, 1): M-step sums
+        self.m2t = _llr_map(n, dtype, dev)
+        if b > 1:
+            self.onehot = (torch.arange(2 * b, device=dev)[:, None] // 2 == batch).to(dtype)  # (2B, U)
+            self.rows = torch.stack((2 * batch, 2 * batch + 1))  # (2, U): own stack's (+, -) rows
+
+    def e_step(self, q: Tensor, bias: Tensor) -> Tensor:
+        """(2, U): W and 1 - W of each pattern; ``bias`` (B, 2N + 2) holds +-logit(prior) at the c slots."""
+        b, n = self.b, self.n
+        log_q = q.clamp_min(self.eps).log().view(b, 4 * n)
+        coef = torch.addmm(bias, log_q, self.m2t).view(2 * b, n + 1)  # rows: stack 0 (+, -), stack 1 (+, -), ...
+        logits = torch.mm(coef, self.bits1)  # (2B, U)
+        if b > 1:
+            logits = logits.gather(0, self.rows)
+        return logits.sigmoid_()
+
+    def m_step(self, ww: Tensor, q: Tensor, prior_q: Tensor, k: float, tiny: float) -> Tensor:
+        """New Q from posteriors ``ww`` (2, U), plus ``k`` pseudo-pixels at the initial values (``prior_q``).
+
+        ``k > 0`` is a Beta prior (MAP STAPLE): negligible for a real consensus, but it keeps p, f
+        informative when the consensus holds (almost) no foreground or background, where plain EM drifts
+        to p -> 0 and W -> prior everywhere. With ``k = 0`` a mass below ``tiny`` (the 0/0 that makes ITK
+        return NaN) keeps the previous value instead.
+        """
+        if self.b > 1:  # each stack sums over its own patterns only
+            ww = ww.repeat(self.b, 1) * self.onehot
+        s = torch.mm(ww, self.wbits.t()).view(self.b, 2, -1)  # (B, 2, N + 1): sums of W D_j, W; (1-W) D_j, 1-W
+        mass = s[..., -1:]  # (B, 2, 1)
+        # sum W (1 - D_j) = sum W - sum W D_j: the rounding error (~1e-7 of the mass in float32) sits below eps.
+        num = torch.cat((s[..., :-1], mass - s[..., :-1]), dim=-1)  # (B, 2, 2N)
+        if k > 0:
+            return (num + prior_q) / (mass + k)
+        return torch.where(mass > tiny, num / mass.clamp_min(tiny), q)
 
 
 def staple_batched(
@@ -76,54 +148,63 @@ def staple_batched(
     Returns the posterior P(y=1) as ``(B, *spatial)`` in ``dtype``. ``iterations`` defaults to 20
     ("paper") or 10000 ("itk", which stops earlier on convergence). In "itk" mode ``prior``
     is ignored (ITK uses the mean vote) and ``sensitivity_init``/``fpr_init`` are only the fallback
-    for unidentifiable parameters. All-empty stacks give ~0, all-full stacks ~1, never NaN.
+    for unidentifiable parameters. ``pseudocount`` defaults to 1 ("paper") or 0 ("itk").
+    All-empty stacks give 0, all-full stacks 1, never NaN.
     """
     if mode not in _DEFAULT_ITERATIONS:
         raise ValueError(f"mode must be 'paper' or 'itk', got {mode!r}")
     if masks_bn.dim() < 3:
         raise ValueError(f"expected (B, N, *spatial), got shape {tuple(masks_bn.shape)}")
     n_iter = _DEFAULT_ITERATIONS[mode] if iterations is None else int(iterations)
-    k = (1.0 if mode == "paper" else 0.0) if pseudocount is None else float(pseudocount)
     if n_iter < 1:
         raise ValueError("iterations must be >= 1")
+    k = (1.0 if mode == "paper" else 0.0) if pseudocount is None else float(pseudocount)
     b, n = masks_bn.shape[:2]
     spatial = masks_bn.shape[2:]
+    n_pix = spatial.numel()
     finfo = torch.finfo(dtype)
-    eps = 16 * finfo.eps  # p, f clamp: 1 - eps stays < 1 in dtype
+    eps = 16 * finfo.eps  # floor of p, f, 1 - p, 1 - f before the log
     tiny = finfo.tiny ** 0.5  # below this a sum of (1-)posteriors counts as empty (~1e-19 in float32)
+    dev = masks_bn.device
 
-    with torch.autocast(device_type=masks_bn.device.type, enabled=False):  # nnU-Net predicts under fp16 autocast
-        fg = masks_bn if masks_bn.dtype == torch.bool else masks_bn != 0
-        d = fg.reshape(b, n, -1).to(dtype)  # (B, N, P)
-        init = torch.tensor([sensitivity_init, fpr_init], dtype=dtype, device=d.device)  # (2,): p, f
-        p = init[0].expand(b, n)  # (B, N)
-        f = init[1].expand(b, n)
+    with torch.autocast(device_type=dev.type, enabled=False):  # nnU-Net predicts under fp16 autocast
+        bits, batch, counts, inverse = _vote_patterns(masks_bn, dtype)  # (N, U), (U,), (U,), (B*P,)
+        em = _PatternEM(bits, batch, counts, b, eps)
+        init = torch.tensor([[sensitivity_init], [fpr_init]], dtype=dtype, device=dev)  # (2, 1): p, f
+        q = torch.cat((init.expand(2, n), 1 - init.expand(2, n)), dim=1).expand(b, 2, 2 * n)  # (B, 2, 2N)
+        prior_q = k * q[:1]
+        if mode == "paper":
+            g = torch.full((b,), prior, dtype=dtype, device=dev)
+        else:
+            w = bits.mean(dim=0)  # (U,): mean vote, ITK's initial W
+            votes = torch.zeros(b, dtype=dtype, device=dev).index_add_(0, batch, w * counts.to(dtype))
+            g = votes / n_pix * confidence_weight  # (B,): global prior, fixed from here on
+        logit_g = torch.logit(g.clamp(eps, 1 - eps))
+        bias = torch.zeros(b, 2, n + 1, dtype=dtype, device=dev)  # +-logit(g) at the constant term
+        bias[:, 0, n], bias[:, 1, n] = logit_g, -logit_g
+        bias = bias.view(b, -1)
 
         if mode == "paper":
-            logit_g = torch.logit(torch.tensor(prior, dtype=dtype, device=d.device).clamp(eps, 1 - eps))
             for it in range(n_iter):
-                logits = _e_step(d, p, f, logit_g, eps)  # (B, P)
+                ww = em.e_step(q, bias)  # (2, U)
                 if it + 1 < n_iter:
-                    p, f = _m_step(d, torch.sigmoid(logits), torch.sigmoid(-logits), p, f, init, k, tiny)
+                    q = em.m_step(ww, q, prior_q, k, tiny)
         else:
-            w = d.mean(dim=1)  # (B, P): mean vote
-            g = (w.mean(dim=1) * confidence_weight).clamp(eps, 1 - eps)  # (B,): fixed global prior
-            logit_g = torch.logit(g)
-            w_neg = 1.0 - w
+            ww = torch.stack((w, 1 - w))
             for it in range(n_iter):
-                p_new, f_new = _m_step(d, w, w_neg, p, f, init, k, tiny)
-                logits = _e_step(d, p_new, f_new, logit_g, eps)
-                w, w_neg = torch.sigmoid(logits), torch.sigmoid(-logits)  # (B, P)
-                done = it > 0 and torch.maximum((p_new - p).abs().max(), (f_new - f).abs().max()).item() < tol
-                p, f = p_new, f_new
+                q_new = em.m_step(ww, q, prior_q, k, tiny)
+                ww = em.e_step(q_new, bias)
+                done = it > 0 and (q_new[..., :n] - q[..., :n]).abs().max().item() < tol
+                q = q_new
                 if done:
                     break
-        w = torch.sigmoid(logits)  # (B, P)
+        w = ww[0]  # (U,)
         # Unanimously empty / full stacks: p (resp. f) is unidentifiable; answer the obvious consensus exactly.
-        fg_flat = fg.reshape(b, -1)
-        w = torch.where(fg_flat.any(dim=1, keepdim=True), w, 0.0)
-        w = torch.where(fg_flat.all(dim=1, keepdim=True), 1.0, w)
-        return w.reshape(b, *spatial)
+        alone = counts == n_pix  # (U,): the pattern covers its whole stack
+        pop = bits.sum(dim=0)
+        w = torch.where(alone & (pop == 0), 0.0, w)
+        w = torch.where(alone & (pop == n), 1.0, w)
+        return w.index_select(0, inverse).view(b, *spatial)
 
 
 def staple(masks: Tensor, **kwargs) -> Tensor:

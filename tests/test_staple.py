@@ -65,6 +65,10 @@ STRUCTURED_STACKS = {
 }
 
 
+RANDOM_STACKS["raters40_2d"] = lambda: noisy_raters(gt_2d()[:24], 40, 0.3, seed=9)  # int64 pattern keys
+RANDOM_STACKS["raters70_2d"] = lambda: noisy_raters(gt_2d()[8:24], 70, 0.3, seed=10)  # > 63 raters: row-unique path
+
+
 @pytest.mark.parametrize("name", list(RANDOM_STACKS) + list(STRUCTURED_STACKS))
 def test_itk_mode_matches_simpleitk(name: str) -> None:
     masks = {**RANDOM_STACKS, **STRUCTURED_STACKS}[name]()
@@ -163,19 +167,21 @@ def test_paper_mode_fp16_input_under_autocast() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spatial", [(24, 20), (10, 12, 14)])
-def test_shapes_dtypes_and_batching(device: str, spatial: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("spatial,mode", [((24, 20), "paper"), ((10, 12, 14), "paper"), ((24, 20), "itk")])
+def test_shapes_dtypes_and_batching(device: str, spatial: tuple[int, ...], mode: str) -> None:
     gt = ball(spatial, 5.0)
-    stacks = torch.stack([noisy_raters(gt, 7, 0.2, seed=s) for s in range(3)]).to(device)  # (3, 7, *spatial)
-    batched = staple_batched(stacks)
+    stacks = torch.stack([noisy_raters(gt, 7, 0.1 + 0.1 * s, seed=s) for s in range(3)]).to(device)  # (3, 7, ...)
+    stacks[2] = 0  # an all-empty stack next to normal ones
+    batched = staple_batched(stacks, mode=mode)
     assert batched.shape == (3, *spatial) and batched.dtype == torch.float32 and batched.device.type == device
+    assert batched[2].abs().max() == 0
     for i in range(3):
-        single_bool = staple(stacks[i])
-        single_int = staple(stacks[i].to(torch.int64))
+        single_bool = staple(stacks[i], mode=mode)
+        single_int = staple(stacks[i].to(torch.int64), mode=mode)
         assert single_bool.shape == spatial
         torch.testing.assert_close(single_int, single_bool)
         torch.testing.assert_close(batched[i], single_bool, atol=1e-5, rtol=0)
-    assert staple(stacks[0], dtype=torch.float64).dtype == torch.float64
+    assert staple(stacks[0], mode=mode, dtype=torch.float64).dtype == torch.float64
 
 
 @pytest.mark.parametrize("device", DEVICES)
