@@ -323,6 +323,9 @@ class Summary:
                         if self.groups_found and self.ungrouped_cases else ""))
         if self.folds:
             lines.append(f"  splits: {self.folds} folds at {self.split_level} level -> {self.splits_file}")
+            if self.splits_file.startswith(self.path + os.sep):
+                lines.append("  (nnUNet_preprocessed is not set: copy splits_final.json to "
+                             f"$nnUNet_preprocessed/{self.dataset}/ before training)")
         else:
             lines.append("  splits: not written")
         return "\n".join(lines)
@@ -408,7 +411,10 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
                     if item.case_id in table:
                         raise BadPairError(f"{item.origin}: duplicate case ID {item.case_id!r} "
                                            f"(also {table[item.case_id]['origin']})")
-                    image, label = item.arrays()
+                    try:
+                        image, label = item.arrays()
+                    except OSError as e:  # unreadable/truncated file inside a lazy loader
+                        raise BadPairError(f"{item.origin or item.case_id}: cannot read ({e})") from None
                     if label is None and subset == "Tr":
                         raise BadPairError(f"{item.origin}: training case without label")
                     image, label = validate_pair(image, label, num_channels=num_channels,

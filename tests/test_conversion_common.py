@@ -183,3 +183,11 @@ def test_cli_reports_bad_input_in_one_line_and_exits_nonzero(nnunet_env, tmp_pat
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "empty" in err
     assert _leftovers(nnunet_env / "nnUNet_raw") == []
+
+
+def test_an_unreadable_file_inside_a_lazy_loader_is_a_bad_pair_naming_its_origin(nnunet_env):
+    def load():
+        raise OSError("truncated HDF5 superblock")
+    out = write_dataset([_case(0), lazy_case("broken", load, origin="vol/7.mat"), _case(1)], dataset_id=596,
+                        name="Lazy", skip_bad=True, folds=None, progress=False, quiet=True, **RGB_SPEC)
+    assert load_summary(out)["bad_pairs_skipped"] == ["vol/7.mat: cannot read (truncated HDF5 superblock)"]
