@@ -13,6 +13,11 @@ STAGE_KEYS = (("train_loss_rs", "RS (t > 599)"), ("train_loss_pm", "PM (299 < t 
 
 def plot_stage_losses(logs: dict, phase_b_start: int, path: str) -> None:
     """Phase-B training loss per stage next to nnU-Net's train/val loss, one point per epoch."""
+    with plt.style.context("default"):  # nnU-Net's progress plot leaves seaborn's huge fonts behind
+        _plot_stage_losses(logs, phase_b_start, path)
+
+
+def _plot_stage_losses(logs: dict, phase_b_start: int, path: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 5))
     for key, label in (("train_losses", "train loss"), ("val_losses", "val loss")):
         ax.plot(np.arange(len(logs[key])), logs[key], label=label, lw=2, alpha=0.5)
@@ -23,7 +28,8 @@ def plot_stage_losses(logs: dict, phase_b_start: int, path: str) -> None:
     ax.text(phase_b_start - 0.5, ax.get_ylim()[1], " phase B: DNet", va="top")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax.legend(loc="best")
+    ax.set_title("UniSegDiff training loss (phase B split by stage)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
