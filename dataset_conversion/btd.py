@@ -155,8 +155,10 @@ def read_cvind(cvind) -> np.ndarray:
 
 
 def cvind_splits(source_dir, case_ids: list[str] | None = None) -> list[dict[str, list[str]]]:
-    """nnU-Net splits from `cvind.mat`: split k validates on the slices with fold k+1."""
+    """nnU-Net splits from `cvind.mat`: split k validates on the slices with fold k+1 (only the
+    folds and cases present in `case_ids`, when given: the slices actually written)."""
     refs, cvind = find_mats(Path(source_dir))
+    wanted = None if case_ids is None else set(case_ids)
     if cvind is None:
         raise LayoutError(f"{source_dir}: --folds cvind needs cvind.mat, none found")
     folds = read_cvind(cvind)
@@ -165,7 +167,7 @@ def cvind_splits(source_dir, case_ids: list[str] | None = None) -> list[dict[str
         if ref.number > len(folds):
             raise BadPairError(f"{cvind}: has {len(folds)} entries, no fold for slice {ref.number}")
         cid = case_id_for(ref.number)
-        if case_ids is None or cid in case_ids:
+        if wanted is None or cid in wanted:
             ids_by_fold.setdefault(int(folds[ref.number - 1]), []).append(cid)
     splits = []
     for k in sorted(ids_by_fold):
@@ -203,7 +205,7 @@ def read(source_dir, **_) -> Iterator[Case]:
             continue
         image, label = convert_slice(d)
         yield Case(case_id=cid, image=image, label=label, group=d["pid"] or cid, source=SOURCE,
-                   origin=str(ref))
+                   origin=str(ref), meta={"tumor_type": TUMOR_TYPES.get(d["tumor_type"], str(d["tumor_type"]))})
 
 
 SPEC = ConverterSpec(
@@ -214,6 +216,7 @@ SPEC = ConverterSpec(
     dataset_name="BTD",
     channel_names={0: "MRI"},
     labels=LABELS,
+    fold_schemes={"cvind": lambda source_dir, opts, case_ids: cvind_splits(source_dir, case_ids)},
     download="figshare https://doi.org/10.6084/m9.figshare.1512427 (brainTumorDataPublic_*.zip parts + cvind.mat)",
     reference="Cheng et al., PLoS ONE 10(10):e0140381 (2015); Cheng et al., PLoS ONE 11(6):e0157112 (2016)",
 )

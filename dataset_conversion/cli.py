@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sp.add_argument("--overwrite", action="store_true", help="replace an existing DatasetXXX_*")
         sp.add_argument("--skip-bad", action="store_true",
                         help="report and skip unusable image/label pairs instead of stopping")
-        sp.add_argument("--folds", choices=["5", "paper4"], default="5",
-                        help="5: nnU-Net's default 5 folds; paper4: the paper's 4 random equal folds")
+        sp.add_argument("--folds", choices=["5", "paper4", *spec.fold_schemes], default="5",
+                        help="5: nnU-Net's default 5 folds; paper4: the paper's 4 random equal folds"
+                             + "".join(f"; {k}: the dataset's own folds" for k in spec.fold_schemes))
         sp.add_argument("--seed", type=int, default=12345, help="seed of the splits (and of any sampling)")
         sp.add_argument("-o", "--out-root", default=None, help="raw folder (default $nnUNet_raw)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

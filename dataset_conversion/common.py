@@ -79,6 +79,7 @@ class Case:
     group: patient/sequence key for grouped splits (None: no group known).
     source: task/source name (e.g. "BUSI", "Kvasir"), kept in the per-case source table.
     origin: the source file path(s), used in error messages.
+    meta: extra per-case columns for the source table (e.g. BTD's tumour type).
     """
 
     case_id: str
@@ -88,6 +89,7 @@ class Case:
     source: str = ""
     origin: str = ""
     load: Callable[[], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(image, label), calling `load` if the case is lazy."""
@@ -345,7 +347,8 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
     labels: {"background": 0, "lesion": 1, ...}, consecutive from 0.
     out_root: defaults to $nnUNet_raw.  preprocessed_root: defaults to $nnUNet_preprocessed (no
     splits are written there when it is unset; the raw folder still gets a copy).
-    folds: "5" (nnU-Net's default 5-fold), "paper4" (4 random equal folds), an int, or None.
+    folds: "5" (nnU-Net's default 5-fold), "paper4" (4 random equal folds), an int, None, or a
+    function of the sorted written case IDs returning the splits (e.g. BTD's cvind.mat folds).
     skip_bad: report and skip unusable pairs instead of stopping at the first one.
     stratify_by_source: split each source on its own and join fold k of all (merged datasets).
     test_cases: optional held-out cases written to `imagesTs/` (+ `labelsTs/` when labelled).
@@ -432,7 +435,7 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
                     lab_dir.mkdir(exist_ok=True)
                     _png(lab_dir / f"{item.case_id}.png", label)
                 table[item.case_id] = {"source": item.source, "group": item.group, "subset": subset,
-                                       "origin": item.origin}
+                                       "origin": item.origin, **item.meta}
                 if subset == "Tr":
                     present = np.unique(label)
                     label_counter.update(int(v) for v in present)
@@ -469,7 +472,9 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
         summary.groups_found = len(set(grouped))
         summary.ungrouped_cases = len(ids) - len(grouped)
         split_json = None
-        if folds is not None:
+        if callable(folds):
+            split_json, summary.split_level = folds(ids), "given"
+        elif folds is not None:
             n_folds = splits_mod.num_folds(folds)
             split_json, level = splits_mod.make_splits(ids, [train_groups[i] for i in ids],
                                                        n_folds=n_folds, seed=seed,
@@ -502,9 +507,12 @@ def _write_table(folder: Path, table: dict[str, dict]) -> None:
     (folder / "sources.json").write_text(json.dumps(table, indent=1))
     with open(folder / "sources.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["case_id", "source", "group", "subset", "origin"])
+        base = ["source", "group", "subset", "origin"]
+        extra = sorted({k for row in table.values() for k in row} - set(base))
+        w.writerow(["case_id", *base, *extra])
         for cid, row in table.items():
-            w.writerow([cid, row["source"], row["group"] or "", row["subset"], row["origin"]])
+            w.writerow([cid, row["source"], row["group"] or "", row["subset"], row["origin"],
+                        *(row.get(k, "") for k in extra)])
 
 
 def read_sources(dataset_folder: Path | str) -> dict[str, dict]:

@@ -68,6 +68,8 @@ class ConverterSpec:
     download: str = ""  # where users get the data (help text, README)
     reference: str | None = None
     stratify_by_source: bool = False  # splits per source, joined fold-wise (merged datasets)
+    # extra --folds choices: name -> fn(source_dir, opts, case_ids) -> splits (e.g. BTD's "cvind")
+    fold_schemes: dict[str, Callable[[Path, dict, list[str]], list[dict]]] = field(default_factory=dict)
 
     @property
     def dataset_id(self) -> int:
@@ -118,6 +120,9 @@ def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, 
     elif spec.source_required:
         raise LayoutError(f"{spec.name}: SOURCE_DIR is required")
     info = spec.info({**opts, "source_dir": source})
+    if isinstance(folds, str) and folds in spec.fold_schemes:
+        scheme = spec.fold_schemes[folds]
+        folds = lambda ids: scheme(source, opts, ids)  # noqa: E731
     cases = _call(spec.read, source, opts, seed)
     test_cases = _call(spec.read_test, source, opts, seed) if spec.read_test is not None else None
     return write_dataset(cases, dataset_id=dataset_id if dataset_id is not None else spec.dataset_id,

@@ -203,3 +203,33 @@ def test_unknown_layouts_say_what_was_found(tmp_path):
     (fragments / "brainTumorDataPublic.z01").write_bytes(b"PK")
     with pytest.raises(LayoutError, match=r"zip -FF"):
         list(btd.read(fragments))
+
+
+def test_cli_folds_cvind_writes_the_dataset_folds_and_keeps_tumour_types(tmp_path, nnunet_env, capsys):
+    import argparse
+
+    from dataset_conversion import cli
+
+    make_btd(tmp_path / "src")
+    parser = argparse.ArgumentParser(prog="unisegdiff")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["convert", "btd", str(tmp_path / "src"), "-d", "512", "--folds", "cvind", "-q"])
+    assert args.func(args) == 0
+    out = nnunet_env / "nnUNet_raw" / "Dataset512_BTD"
+    splits = json.loads((nnunet_env / "nnUNet_preprocessed" / out.name / "splits_final.json").read_text())
+    assert [s["val"] for s in splits] == [["BTD_0001", "BTD_0002"], ["BTD_0003"], ["BTD_0004", "BTD_0005"],
+                                          ["BTD_0006"]]
+    assert json.loads((out / "conversion_summary.json").read_text())["split_level"] == "given"
+    table = json.loads((out / "sources.json").read_text())
+    assert [table[f"BTD_{n:04d}"]["tumor_type"] for n in range(1, 7)] == [
+        "meningioma", "meningioma", "glioma", "pituitary", "pituitary", "glioma"]
+    assert (out / "sources.csv").read_text().splitlines()[0] == "case_id,source,group,subset,origin,tumor_type"
+
+
+def test_cvind_folds_drop_skipped_slices(tmp_path, nnunet_env):
+    make_btd(tmp_path / "src")
+    (tmp_path / "src" / "brainTumorDataPublic_7671532" / "3.mat").write_bytes(b"not hdf5")
+    out = convert("btd", tmp_path / "src", dataset_id=502, progress=False, quiet=True, folds="cvind", skip_bad=True)
+    splits = json.loads((out / "splits_final.json").read_text())
+    assert [s["val"] for s in splits] == [["BTD_0001", "BTD_0002"], ["BTD_0004", "BTD_0005"], ["BTD_0006"]]
+    assert "3.mat" in json.loads((out / "conversion_summary.json").read_text())["bad_pairs_skipped"][0]
