@@ -271,7 +271,7 @@ def read(source_dir, slices: str = "lesion", empty_fraction: float | None = None
                        group=v.group if v.group is not None else f"{v.key}_z{z:03d}",
                        source=SOURCE, origin=f"{origin} [axial z={z} (RAS)]")
     desc = {"all": "all slices", "lesion": "lesion slices only",
-            "fraction": f"lesion slices + {empty_fraction} of empty slices (seed {seed})"}[slices]
+            "fraction": f"lesion slices + {empty_fraction} of empty slices, seed {seed}"}[slices]
     print(f"covid19: slice filter '{slices}' ({desc}): kept {totals['lesion_kept']} lesion slices "
         f"(of {totals['lesion']}) and {totals['empty_kept']} empty slices (of {totals['empty']}) "
         f"from {len(vols)} volumes")
