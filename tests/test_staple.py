@@ -172,7 +172,9 @@ def test_shapes_dtypes_and_batching(device: str, spatial: tuple[int, ...], mode:
     gt = ball(spatial, 5.0)
     stacks = torch.stack([noisy_raters(gt, 7, 0.1 + 0.1 * s, seed=s) for s in range(3)]).to(device)  # (3, 7, ...)
     stacks[2] = 0  # an all-empty stack next to normal ones
+    n_threads = torch.get_num_threads()
     batched = staple_batched(stacks, mode=mode)
+    assert torch.get_num_threads() == n_threads  # the CPU single-thread section restores the setting
     assert batched.shape == (3, *spatial) and batched.dtype == torch.float32 and batched.device.type == device
     assert batched[2].abs().max() == 0
     for i in range(3):
