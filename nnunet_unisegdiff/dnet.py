@@ -63,10 +63,12 @@ class DNet(nn.Module):
         self.time_embedding = TimestepEmbedding(features[0], embed)
         self.film = nn.ModuleList(nn.Linear(embed, 2 * f) for f in features)  # scale, shift per stage
         self.uses_dca = [use_dca and n <= token_budget for n in stage_tokens]
-        self.injection = nn.ModuleList(
-            DualCrossAttention(f, c, conv_op) if dca
-            else FeatureFusion(f, c, conv_op, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs)
-            for f, c, dca in zip(features, cond_channels, self.uses_dca))
+        # every stage fuses CF_i locally (keeps it aligned with x_t); DCA adds global context on top
+        self.fusion = nn.ModuleList(FeatureFusion(f, c, conv_op, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs)
+                                    for f, c in zip(features, cond_channels))
+        self.attention = nn.ModuleDict({str(s): DualCrossAttention(f, c, conv_op)
+                                        for s, (f, c, dca) in enumerate(zip(features, cond_channels, self.uses_dca))
+                                        if dca})
         self.eps_decoder = _decoder(self.encoder, num_classes, n_conv_per_stage_decoder)
         self.x0_decoder = _decoder(self.encoder, num_classes, n_conv_per_stage_decoder)
 
@@ -75,10 +77,12 @@ class DNet(nn.Module):
         Returns (eps_hat, x0_logits), both (B, C, *spatial)."""
         emb = self.time_embedding(t)
         skips, h = [], x_t
-        for stage, film, inject, cf in zip(self.encoder.stages, self.film, self.injection, cond):
+        for s, (stage, film, fusion, cf) in enumerate(zip(self.encoder.stages, self.film, self.fusion, cond)):
             h = stage(h)
             scale, shift = film(emb).reshape(*emb.shape[:1], -1, *[1] * (h.ndim - 2)).chunk(2, dim=1)
-            h = inject(h * (1 + scale) + shift, cf)
+            h = fusion(h * (1 + scale) + shift, cf)
+            if str(s) in self.attention:
+                h = self.attention[str(s)](h, cf)
             skips.append(h)
         return self.eps_decoder(skips), self.x0_decoder(skips)
 

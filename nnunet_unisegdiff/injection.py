@@ -1,9 +1,11 @@
 """Condition injection (paper section 2.3): how CFENet's features CF_i enter DNet's encoder.
 
-DCA (Dual Cross-Attention) is two cascaded cross-attention blocks, first with the condition tokens
-as queries over the denoising tokens, then the other way round. Attention is quadratic in tokens, so
-DNet uses DCA only at stages within a token budget and `FeatureFusion` (concat + conv) above it.
-Both are generic over 2D/3D: tokens are the flattened spatial positions.
+Every DNet stage fuses CF_i locally with `FeatureFusion` (concat + conv): attention alone has no
+positional encoding and would lose which condition belongs to which pixel. On top of it, DCA
+(Dual Cross-Attention: two cascaded cross-attention blocks, first with the condition tokens as
+queries over the denoising tokens, then the other way round) adds global context at the stages
+within a token budget, since attention is quadratic in tokens. Both are generic over 2D/3D: tokens
+are the flattened spatial positions.
 """
 from __future__ import annotations
 
