@@ -8,7 +8,7 @@ os.environ.setdefault("nnUNet_compile", "0")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def tiny_plans(dim: int = 2, patch=None, features=(8, 16, 32, 32), arch="PlainConvUNet") -> dict:
+def tiny_plans(dim: int = 2, patch=None, features=(8, 16, 32, 32), arch="PlainConvUNet", config: str | None = None) -> dict:
     n = len(features)
     patch = list(patch or ([32, 32] if dim == 2 else [16, 16, 16]))
     conv = f"torch.nn.modules.conv.Conv{dim}d"
@@ -34,7 +34,7 @@ def tiny_plans(dim: int = 2, patch=None, features=(8, 16, 32, 32), arch="PlainCo
     return {"dataset_name": "Dataset999_Tiny", "plans_name": "nnUNetPlans",
             "original_median_spacing_after_transp": [1.0] * 3, "original_median_shape_after_transp": [1] + patch,
             "image_reader_writer": "NaturalImage2DIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "foreground_intensity_properties_per_channel": {}, "configurations": {f"{dim}d": cfg}}
+            "foreground_intensity_properties_per_channel": {}, "configurations": {config or f"{dim}d": cfg}}
 
 
 @pytest.fixture

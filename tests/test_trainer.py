@@ -35,21 +35,33 @@ def nnunet_dirs(tmp_path, monkeypatch):
     return tmp_path
 
 
-def make(cls=Tiny, dataset_json=DATASET_JSON):
-    plans = tiny_plans(2)
+def make(cls=Tiny, dataset_json=DATASET_JSON, dim=2, config="2d"):
+    plans = tiny_plans(dim, config=config)
     plans["continue_training"] = False
     torch.manual_seed(0)
-    trainer = cls(plans, "2d", 0, copy.deepcopy(dataset_json), torch.device("cpu"))
+    trainer = cls(plans, config, 0, copy.deepcopy(dataset_json), torch.device("cpu"))
     trainer.initialize()
     return trainer
 
 
-def fake_step(trainer):
+def fake_step(trainer, classes=2):
     """One optimiser step of the active phase on random data, so optimiser state exists."""
-    x = torch.randn(2, 3, 32, 32)
-    labels = (torch.rand(2, 1, 32, 32) > 0.7).long()
-    target = [labels] + [labels[..., ::2 ** i, ::2 ** i] for i in range(1, 4)]
+    spatial = tuple(trainer.configuration_manager.patch_size)
+    x = torch.randn(2, 3, *spatial)
+    labels = torch.randint(0, classes, (2, 1, *spatial))
+    target = [labels] + [labels[(..., *[slice(None, None, 2 ** i)] * len(spatial))] for i in range(1, 4)]
     return trainer.train_step({"data": x, "target": target})
+
+
+def predict_tile(trainer, image):
+    """What nnU-Net's predictor does with the trained network: sliding window over one image."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                device=torch.device("cpu"), allow_tqdm=False)
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, type(trainer).__name__, None)
+    trainer.network.eval()
+    return predictor.predict_sliding_window_return_logits(image)
 
 
 def test_phase_a_is_nnunets_own_training_of_the_bare_cfenet(nnunet_dirs):
@@ -188,6 +200,22 @@ def test_variants_build_their_own_network_for_the_predictor(nnunet_dirs):
     assert not any(net.dnet.uses_dca) and not net.cfenet.decoder.deep_supervision
     eps_net = nnUNetTrainerUniSegDiffUniformEps.build_network_architecture(pm, pm.get_configuration("2d"), 3, 2)
     assert eps_net.sampler.config.plan == "ddim" and eps_net.sampler.config.ddim_steps == 100
+
+
+@pytest.mark.parametrize("dim, config, classes", [(3, "3d_fullres", 2), (2, "2d", 3)])
+def test_phase_b_step_and_prediction_for_3d_plans_and_multiclass_labels(nnunet_dirs, dim, config, classes):
+    labels = {"background": 0, **{f"lesion{k}": k for k in range(1, classes)}}
+    t = make(dataset_json=dict(DATASET_JSON, labels=labels), dim=dim, config=config)
+    t.current_epoch = Tiny.num_epochs_cfenet
+    t.on_train_epoch_start()
+    assert np.isfinite(fake_step(t, classes)["loss"])
+    spatial = tuple(t.configuration_manager.patch_size)
+    # nnU-Net's layout is always (c, x, y, z); 2D data has x = 1. Larger than a patch: several tiles
+    image = torch.randn(3, *([1] if dim == 2 else []), *[s + 3 for s in spatial])
+    logits = predict_tile(t, image)
+    assert logits.shape == (classes, *image.shape[1:]) and torch.isfinite(logits).all()
+    probs = logits.float().softmax(0)
+    assert torch.allclose(probs.sum(0), torch.ones(1), atol=1e-3)
 
 
 # ---- DDP --------------------------------------------------------------------------------------------
