@@ -1,6 +1,8 @@
 """Shared fixtures: tiny nnU-Net plans (2D and 3D) built the way nnU-Net's planner writes them."""
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,3 +51,41 @@ def plan_3d():
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     pm = PlansManager(tiny_plans(3))
     return pm, pm.get_configuration("3d")
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """nnU-Net's three folders in tmp_path (nnunetv2.paths reads the variables lazily)."""
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name))
+    return tmp_path
+
+
+def read_png(p: Path) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(p))
+
+
+def verify_integrity(folder: Path, monkeypatch) -> None:
+    """nnU-Net's own `verify_dataset_integrity`, its spawn pool replaced by an in-process one."""
+    import types
+
+    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
+
+    class SerialPool:
+        def __init__(self, *_):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+        def starmap(self, fn, args):
+            return [fn(*a) for a in args]
+
+    serial = types.SimpleNamespace(get_context=lambda *_: types.SimpleNamespace(Pool=SerialPool))
+    monkeypatch.setattr(vdi, "multiprocessing", serial)
+    vdi.verify_dataset_integrity(str(folder), 1)

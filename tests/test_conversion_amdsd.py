@@ -12,19 +12,12 @@ from PIL import Image
 from dataset_conversion import amdsd
 from dataset_conversion.common import BadPairError, LayoutError
 from dataset_conversion.registry import convert
+from conftest import read_png, verify_integrity
 
 H, HALF = 12, 16  # composite is H x (2*HALF)
 # class id -> a slightly-off version of its pure colour (as real anti-aliased PNGs carry)
 OFF_COLOURS = {1: (250, 6, 244), 2: (3, 241, 12), 3: (236, 20, 0), 4: (251, 230, 18), 5: (9, 2, 229)}
 BLENDS = {1: (130, 0, 128), 2: (100, 140, 90), 3: (200, 110, 60), 4: (140, 129, 120), 5: (60, 90, 131)}
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / var).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path
 
 
 def composite(gt: np.ndarray, seed: int) -> np.ndarray:
@@ -72,33 +65,6 @@ def make_amdsd(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
     (base / "training.txt").write_text("7_1\n7_2\n126_19\n126_3\n")
     (base / "validation.txt").write_text("45_5\n")
     return expected
-
-
-def read_png(p: Path) -> np.ndarray:
-    return np.asarray(Image.open(p))
-
-def verify_integrity(folder: Path, monkeypatch) -> None:
-    """nnU-Net's own `verify_dataset_integrity`, its spawn pool replaced by an in-process one."""
-    import types
-
-    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
-
-    class SerialPool:
-        def __init__(self, *_):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *_):
-            return False
-
-        def starmap(self, fn, args):
-            return [fn(*a) for a in args]
-
-    serial = types.SimpleNamespace(get_context=lambda *_: types.SimpleNamespace(Pool=SerialPool))
-    monkeypatch.setattr(vdi, "multiprocessing", serial)
-    vdi.verify_dataset_integrity(str(folder), 1)
 
 
 def test_binary_conversion_maps_every_colour_to_lesion_and_groups_by_patient(tmp_path, nnunet_env, monkeypatch):

@@ -9,11 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from dataset_conversion import btd
 from dataset_conversion.common import BadPairError, LayoutError
 from dataset_conversion.registry import convert
+from conftest import read_png, verify_integrity
 
 # slice number -> (PID as MATLAB stores it, tumour type, cvind fold, (H, W) in MATLAB)
 SLICES = {
@@ -25,14 +25,6 @@ SLICES = {
     6: ("95", 2, 4, (32, 32)),
 }
 TUMOUR = 900  # int16 intensity of the enhancing tumour
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / var).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path
 
 
 def matlab_slice(n: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -95,33 +87,6 @@ def make_btd(root: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     write_cvind(root / "cvind.mat", [SLICES[n][2] for n in sorted(SLICES)])
     (root / "README.txt").write_text("This brain tumor dataset containing 3064 T1-weighted contrast-inhanced images")
     return expected
-
-
-def read_png(p: Path) -> np.ndarray:
-    return np.asarray(Image.open(p))
-
-def verify_integrity(folder: Path, monkeypatch) -> None:
-    """nnU-Net's own `verify_dataset_integrity`, its spawn pool replaced by an in-process one."""
-    import types
-
-    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
-
-    class SerialPool:
-        def __init__(self, *_):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *_):
-            return False
-
-        def starmap(self, fn, args):
-            return [fn(*a) for a in args]
-
-    serial = types.SimpleNamespace(get_context=lambda *_: types.SimpleNamespace(Pool=SerialPool))
-    monkeypatch.setattr(vdi, "multiprocessing", serial)
-    vdi.verify_dataset_integrity(str(folder), 1)
 
 
 def test_transposition_round_trip_puts_tumour_at_the_same_place_in_image_and_mask(tmp_path, nnunet_env, monkeypatch):

@@ -12,12 +12,7 @@ from dataset_conversion.common import BadPairError, LayoutError, load_summary
 from dataset_conversion.registry import convert
 
 
-@pytest.fixture(autouse=True)
-def nnunet_env(tmp_path, monkeypatch):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("nnunet_env")
 
 
 def _box(h, w, y0, y1, x0, x1):

@@ -16,12 +16,7 @@ from dataset_conversion.registry import BINARY, CONVERTER_MODULES, DEFAULT_IDS, 
 RGB_SPEC = dict(channel_names=RGB, labels=BINARY)
 
 
-@pytest.fixture(autouse=True)
-def nnunet_env(tmp_path, monkeypatch):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("nnunet_env")
 
 
 def _case(i, h=12, w=16, group=None, empty=False):

@@ -9,25 +9,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
 
 from dataset_conversion import covid19
 from dataset_conversion.common import BadPairError, LayoutError, Orphan
 from dataset_conversion.registry import convert
+from conftest import read_png, verify_integrity
 
 HU_LESION, HU_LUNG = 0, -800
 # per volume: (lesion slices, empty slices) with effusion kept; 30 slices, 9 with lesion
 COUNTS = {"coronacases_001": (2, 4), "coronacases_002": (1, 3), "coronacases_003": (1, 3),
           "radiopaedia_10_85902_1": (1, 4), "radiopaedia_10_85902_3": (0, 4), "medseg_tr": (3, 1),
           "medseg_rp_1": (1, 2)}
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / var).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path
 
 
 def save(path: Path, data: np.ndarray, affine=None) -> None:
@@ -94,33 +86,6 @@ def make_covid(src: Path) -> None:
     save(med / "rp_im" / "1.nii.gz", hu_volume(rp_mask.shape, rp_mask, 6))
     save(med / "rp_msk" / "1.nii.gz", rp_mask)
     save(med / "rp_lung_msk" / "1.nii.gz", np.ones((8, 8, 3), np.uint8))
-
-
-def read_png(p: Path) -> np.ndarray:
-    return np.asarray(Image.open(p))
-
-def verify_integrity(folder: Path, monkeypatch) -> None:
-    """nnU-Net's own `verify_dataset_integrity`, its spawn pool replaced by an in-process one."""
-    import types
-
-    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
-
-    class SerialPool:
-        def __init__(self, *_):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *_):
-            return False
-
-        def starmap(self, fn, args):
-            return [fn(*a) for a in args]
-
-    serial = types.SimpleNamespace(get_context=lambda *_: types.SimpleNamespace(Pool=SerialPool))
-    monkeypatch.setattr(vdi, "multiprocessing", serial)
-    vdi.verify_dataset_integrity(str(folder), 1)
 
 
 def run(tmp_path, capsys, **opts):

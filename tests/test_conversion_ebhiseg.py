@@ -13,16 +13,9 @@ from PIL import Image
 from dataset_conversion import ebhiseg
 from dataset_conversion.common import BadPairError, LayoutError, Orphan
 from dataset_conversion.registry import convert
+from conftest import read_png, verify_integrity
 
 S = 24  # real images are 224x224; the converter does not care
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / var).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path
 
 
 def soft_label(seed: int) -> np.ndarray:
@@ -62,33 +55,6 @@ def make_ebhi(src: Path) -> dict[str, np.ndarray]:
     (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / "readme.md").write_text("EBHI-Seg ... 5170 images")
     return adeno
-
-
-def read_png(p: Path) -> np.ndarray:
-    return np.asarray(Image.open(p))
-
-def verify_integrity(folder: Path, monkeypatch) -> None:
-    """nnU-Net's own `verify_dataset_integrity`, its spawn pool replaced by an in-process one."""
-    import types
-
-    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
-
-    class SerialPool:
-        def __init__(self, *_):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *_):
-            return False
-
-        def starmap(self, fn, args):
-            return [fn(*a) for a in args]
-
-    serial = types.SimpleNamespace(get_context=lambda *_: types.SimpleNamespace(Pool=SerialPool))
-    monkeypatch.setattr(vdi, "multiprocessing", serial)
-    vdi.verify_dataset_integrity(str(folder), 1)
 
 
 def test_adenocarcinoma_default_thresholds_at_128_and_groups_case_folded_tokens(tmp_path, nnunet_env, monkeypatch):

@@ -15,12 +15,7 @@ from dataset_conversion.splits import straddling_groups
 KV = ("cju0qkwl35piu0993l0dewei2", "cju2y5zas8m7f0801d34g5owq", "cju1c8ffau5770835g0g343o8")
 
 
-@pytest.fixture(autouse=True)
-def nnunet_env(tmp_path, monkeypatch):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("nnunet_env")
 
 
 def _img(h=20, w=24, seed=0):

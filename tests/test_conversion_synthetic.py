@@ -11,12 +11,7 @@ from dataset_conversion import synthetic
 from dataset_conversion.common import load_summary, read_sources
 
 
-@pytest.fixture(autouse=True)
-def nnunet_env(tmp_path, monkeypatch):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("nnunet_env")
 
 
 def test_generator_is_deterministic_for_a_seed_and_prefix_stable():

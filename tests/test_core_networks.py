@@ -3,7 +3,6 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_unisegdiff.cfenet import CFENetTap
 from nnunet_unisegdiff.dnet import DNet
 from nnunet_unisegdiff.fusion import fuse_masks, probabilities_to_logits
 from nnunet_unisegdiff.injection import DualCrossAttention, FeatureFusion

@@ -25,14 +25,12 @@ class Tiny(nnUNetTrainerUniSegDiff):
 
 
 @pytest.fixture
-def nnunet_dirs(tmp_path, monkeypatch):
-    for name in ("raw", "preprocessed", "results"):
-        monkeypatch.setenv(f"nnUNet_{name}", str(tmp_path / name))
-    data = tmp_path / "preprocessed" / "Dataset999_Tiny" / "nnUNetPlans_x"
+def nnunet_dirs(nnunet_env, monkeypatch):
+    data = nnunet_env / "nnUNet_preprocessed" / "Dataset999_Tiny" / "nnUNetPlans_x"
     data.mkdir(parents=True)
     (data / "case.b2nd").touch()  # nnU-Net infers the dataset format from the file ending
     monkeypatch.delenv(CFENET_CHECKPOINT_ENV, raising=False)
-    return tmp_path
+    return nnunet_env
 
 
 def make(cls=Tiny, dataset_json=DATASET_JSON, dim=2, config="2d"):
@@ -146,7 +144,7 @@ def test_resume_refuses_a_checkpoint_with_another_phase_split(nnunet_dirs):
 
 
 def _write_nnunettrainer_checkpoint(root, weights):
-    folder = root / "results" / "Dataset999_Tiny" / "nnUNetTrainer__nnUNetPlans__2d" / "fold_0"
+    folder = root / "nnUNet_results" / "Dataset999_Tiny" / "nnUNetTrainer__nnUNetPlans__2d" / "fold_0"
     folder.mkdir(parents=True)
     path = folder / "checkpoint_final.pth"
     torch.save({"network_weights": weights, "trainer_name": "nnUNetTrainer", "current_epoch": 1000,
