@@ -1,6 +1,10 @@
 """Trainer variants, nnU-Net style: `_Xepochs` for length (split between CFENet and DNet), a
-CamelCase modifier for behaviour. Each only sets class attributes."""
+CamelCase modifier for behaviour. Each only sets class attributes (the demo's two also the
+iteration counts per epoch, which nnU-Net sets in `__init__`)."""
 from dataclasses import replace
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_unisegdiff.sampler import SamplerConfig
 from nnunet_unisegdiff.staged import StagedObjective
@@ -69,3 +73,33 @@ class nnUNetTrainerUniSegDiffNoDCA(nnUNetTrainerUniSegDiff):
 class nnUNetTrainerUniSegDiffNoSTAPLE(nnUNetTrainerUniSegDiff):
     """Mean vote of the 20 draws instead of STAPLE."""
     unisegdiff = replace(_BASE, fusion="vote")
+
+
+# ---- the demo (`unisegdiff demo`): minutes on 2 CPU cores for 64x64 images -----------------------
+class nnUNetTrainerUniSegDiffDemo(nnUNetTrainerUniSegDiff):
+    """4 CFENet + 8 DNet epochs of 40 iterations. DNet at a quarter of the plan's width, DCA only at
+    stages of <= 256 positions, and lr 3e-3: at the paper's 1e-4 DNet needs hundreds of epochs, at 3e-3
+    a few hundred iterations. Sampling is the paper's (staged plan, 20 draws, STAPLE)."""
+    num_epochs_cfenet, num_epochs_dnet = 4, 8
+    dnet_lr = 3e-3
+    unisegdiff = replace(_BASE, dnet_width=0.25, token_budget=256)
+    iterations_per_epoch, val_iterations_per_epoch = 40, 5
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_iterations_per_epoch = self.iterations_per_epoch  # nnU-Net sets these in __init__
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+
+
+class nnUNetTrainer_UniSegDiffDemo(nnUNetTrainer):
+    """nnU-Net's baseline with the demo's budget: as many epochs x iterations in total as
+    nnUNetTrainerUniSegDiffDemo's two phases together."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        demo = nnUNetTrainerUniSegDiffDemo
+        self.num_epochs = demo.num_epochs_cfenet + demo.num_epochs_dnet
+        self.num_iterations_per_epoch = demo.iterations_per_epoch
+        self.num_val_iterations_per_epoch = demo.val_iterations_per_epoch
