@@ -26,4 +26,13 @@ class nnUNetTrainerUniSegDiffTestTiny(nnUNetTrainerUniSegDiff):
             raise SystemExit(f"test crash at the start of epoch {self.current_epoch}")
         super().on_train_epoch_start()
         # CFENet learns in a few iterations; DNet from scratch needs more
-        self.num_iterations_per_epoch = 10 if self.phase == "A" else 30
+        self.num_iterations_per_epoch = 10 if self.phase == "A" else 60
+
+
+class nnUNetTrainerUniSegDiffTestMicro(nnUNetTrainerUniSegDiffTestTiny):
+    """One epoch per phase, a few iterations: enough to exercise a code path, not to learn."""
+    num_epochs_cfenet, num_epochs_dnet = 1, 1
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.num_iterations_per_epoch = 3
