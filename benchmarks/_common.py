@@ -1,0 +1,209 @@
+"""Shared pieces of the benchmark scripts: nnU-Net-like plans, the networks, timing, tables, JSON.
+
+Plans come from `tests/conftest.py::tiny_plans`, scaled up the way nnU-Net's planner scales them
+(/work/shared/docs/nnunet.md section 4: 256x256 RGB -> 7 stages, 32..512 features, 2 decoder convs,
+batch 2). Timings are medians over repeats; CUDA is synchronised around every timed call.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+# when the benchmark started and the machine's load then (timezone.utc: Python 3.10 has no datetime.UTC)
+_START = (datetime.now(timezone.utc), os.getloadavg())  # noqa: UP017
+os.environ.setdefault("nnUNet_compile", "0")
+
+_threads = torch.get_num_threads()
+try:  # conftest decorates fixtures with pytest, which a plain install (without the [test] extra) lacks
+    import pytest  # noqa: F401
+except ImportError:
+    sys.modules["pytest"] = types.SimpleNamespace(fixture=lambda fn=None, **_: fn or (lambda f: f))
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import tiny_plans  # the test fixture's plan builder (caps threads at 2)
+
+sys.path.remove(str(ROOT / "tests"))
+torch.set_num_threads(_threads)
+
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_unisegdiff.network import (
+    UniSegDiffNetwork,
+    UniSegDiffSettings,
+    build_unisegdiff_network,
+)
+from nnunet_unisegdiff.sampler import SamplerConfig
+
+CONFIGS = {  # name: (patch, DNet width); CFENet is always the full nnU-Net plan of the patch
+    "2d-256-w1.0": ((256, 256), 1.0),   # paper-sized: nnU-Net's 7-stage 256x256 plan, DNet at full width
+    "2d-256-w0.5": ((256, 256), 0.5),
+    "2d-256-w0.25": ((256, 256), 0.25),
+    "2d-128-w0.25": ((128, 128), 0.25),
+    "3d-32-w0.25": ((32, 32, 32), 0.25),
+    "3d-64-w0.25": ((64, 64, 64), 0.25),
+    "3d-128-w1.0": ((128, 128, 128), 1.0),
+}
+
+
+def nnunet_features(patch: Sequence[int], base: int = 32, cap: int | None = None) -> list[int]:
+    """Stages and widths as nnU-Net plans them: halve until the smallest side is 4, features
+    base * 2^i capped at 512 (2D) / 320 (3D)."""
+    cap = cap or (512 if len(patch) == 2 else 320)
+    n_stages = int(math.log2(min(patch) // 4)) + 1
+    return [min(base * 2 ** i, cap) for i in range(n_stages)]
+
+
+def nnunet_plan(patch: Sequence[int], features: Sequence[int] | None = None, batch_size: int = 2) -> tuple:
+    """(PlansManager, ConfigurationManager) for an nnU-Net-like PlainConvUNet plan of `patch`."""
+    dim = len(patch)
+    features = list(features or nnunet_features(patch))
+    plans = tiny_plans(dim, patch=list(patch), features=tuple(features))
+    cfg = plans["configurations"][f"{dim}d"]
+    cfg["architecture"]["arch_kwargs"]["n_conv_per_stage_decoder"] = [2] * (len(features) - 1)  # nnU-Net: 2
+    cfg["batch_size"] = batch_size
+    pm = PlansManager(plans)
+    return pm, pm.get_configuration(f"{dim}d")
+
+
+def build_net(patch: Sequence[int], width: float = 1.0, in_ch: int = 3, classes: int = 2,
+              sampler: SamplerConfig | None = None, features: Sequence[int] | None = None,
+              deep_supervision: bool = False, seed: int = 0, device: str | torch.device = "cpu",
+              **settings) -> UniSegDiffNetwork:
+    """Randomly initialised composite (cost does not depend on weights), eval mode, DNet 'trained'."""
+    pm, cm = nnunet_plan(patch, features)
+    torch.manual_seed(seed)
+    net = build_unisegdiff_network(pm, cm, in_ch, classes, deep_supervision,
+                                   UniSegDiffSettings(dnet_width=width, sampler=sampler or SamplerConfig(),
+                                                      **settings))
+    net.dnet_trained.fill_(True)
+    return net.to(device).eval()
+
+
+def build_unet(patch: Sequence[int], in_ch: int = 3, classes: int = 2, deep_supervision: bool = True,
+               features: Sequence[int] | None = None, seed: int = 0, device: str | torch.device = "cpu"):
+    """The plan's UNet alone, as nnUNetTrainer builds it (phase A / CFENet)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    _, cm = nnunet_plan(patch, features)
+    torch.manual_seed(seed)
+    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import, in_ch, classes, allow_init=True,
+                                  deep_supervision=deep_supervision).to(device)
+
+
+def rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident set size (VmRSS) or its peak (VmHWM), MiB, from /proc/self/status.
+
+    VmHWM rather than getrusage's ru_maxrss: Linux carries ru_maxrss across fork + exec, so a
+    subprocess started by a big parent reports the parent's size as its own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+def syncer(device: torch.device) -> Callable[[], None]:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, object]:
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t0, out
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None],
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, run round-robin (A B C A B C ...) so that changes in the
+    machine's load hit every variant alike; `warmup` untimed rounds first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, sync)[0])
+    return times
+
+
+def meta(device: torch.device, **extra) -> dict:
+    m = {"date": _START[0].strftime("%Y-%m-%d %H:%M UTC"), "device": str(device),
+         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+         "cpu": _cpu_name(), "python": platform.python_version(),
+         "load_average_at_start": list(_START[1]), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+    if device.type == "cuda":
+        m["gpu"] = torch.cuda.get_device_name(device)
+    m.update(extra)
+    return m
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_json(name: str, meta_: dict, results, path: Path | None = None) -> Path:
+    meta_ = dict(meta_, load_average_at_end=list(os.getloadavg()))
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta_, "results": results}, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return path
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """columns: (key, header, format spec) ; missing values print as '-'."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append([("-" if r.get(k) is None else format(r[k], f)) for k, _, f in columns])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for j, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def add_common_args(ap, repeats: int | None = 3) -> None:
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    if repeats is not None:
+        ap.add_argument("--repeats", type=int, default=repeats, help="timed repeats per variant (median reported)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default 1 on the CPU: on shared, busy cores OpenMP's parallel regions "
+                         "wait for descheduled threads, measured 9-17x slower with 2 threads at load 4 on 2 cores)")
+    ap.add_argument("--json", type=Path, default=None, help="output path (default benchmarks/results/<name>.json)")
+
+
+def setup(args) -> torch.device:
+    device = torch.device(args.device)
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
