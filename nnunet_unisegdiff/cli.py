@@ -12,6 +12,9 @@ SUBCOMMAND_MODULES = (
     "nnunet_unisegdiff.nnunet_ext",
     "nnunet_unisegdiff.evaluation",
     "dataset_conversion.cli",
+    "nnunet_unisegdiff.demo",
+    "nnunet_unisegdiff.uncertainty",
+    "nnunet_unisegdiff.gradients",
 )
 
 
