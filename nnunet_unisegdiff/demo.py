@@ -584,7 +584,7 @@ def plot_grid(path: Path, cases: Sequence[str], images_dir: Path, labels_dir: Pa
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.subplots_adjust(left=0.07, right=0.93, top=1 - 0.55 / fig.get_figheight(), bottom=0.02,
+    fig.subplots_adjust(left=0.07, right=0.93, top=1 - 0.7 / fig.get_figheight(), bottom=0.02,
                         wspace=0.05, hspace=0.3)
     if heat is not None:
         cax = fig.add_axes([0.94, 0.2, 0.012, 0.6])

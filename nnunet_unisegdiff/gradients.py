@@ -138,6 +138,7 @@ def plot_profile(profile: Mapping, path: str | Path, title: str = "") -> None:
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     t = np.array(profile["timesteps"])
     objs = profile["objectives"]
@@ -162,6 +163,9 @@ def plot_profile(profile: Mapping, path: str | Path, title: str = "") -> None:
             if relative:
                 ax.set_ylabel("mean |grad| / its mean over t")
                 ax.axhline(1, color="0.5", lw=0.8, ls=":")
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+                ax.tick_params(axis="y", which="minor", labelsize=7)
             else:
                 ax.set_ylabel("mean |dL/dθ| over DNet parameters")
         axes[0].legend(fontsize=8, loc="best")
