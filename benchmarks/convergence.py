@@ -135,7 +135,7 @@ def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -
         for group in opt.param_groups:
             group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * (step - 1) / args.steps))
         x, y = (t.to(device) for t in next(data))
-        loss, _ = phase_b_loss(net, x, y, objective, seg_loss, ac, net.num_classes, gen)
+        loss, _ = phase_b_loss(lambda x_t, t: net(x, x_t, t), y, objective, seg_loss, ac, net.num_classes, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.dnet.parameters(), 12)

@@ -144,8 +144,8 @@ class Steps:
     def step_b(self) -> float:
         self.opt_b.zero_grad(set_to_none=True)
         with self._autocast():
-            loss, _ = phase_b_loss(self.net, self.data, self.labels, self.objective, self.loss_b, self.ac,
-                                   self.net.num_classes, self.gen)
+            loss, _ = phase_b_loss(lambda x_t, t: self.net(self.data, x_t, t), self.labels, self.objective,
+                                   self.loss_b, self.ac, self.net.num_classes, self.gen)
         self._update(loss, self.net.dnet.parameters, self.opt_b, self.scaler_b)
         return loss.item()
 

@@ -48,17 +48,17 @@ class CosineLRScheduler:
             group["lr"] = 0.5 * self.initial_lr * (1 + math.cos(math.pi * progress))
 
 
-def phase_b_loss(network: nn.Module, data: torch.Tensor, labels: torch.Tensor, objective: StagedObjective,
-                 seg_loss, alphas_cumprod: torch.Tensor, num_classes: int,
+def phase_b_loss(denoise, labels: torch.Tensor, objective: StagedObjective, seg_loss,
+                 alphas_cumprod: torch.Tensor, num_classes: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """One staged-diffusion training loss. `network` is the composite (or DDP around it): DNet must
-    run through its forward for DDP to synchronise gradients."""
+    """One staged-diffusion training loss. `denoise(x_t, t) -> (eps_hat, x0_logits)`; in training it
+    must go through the (DDP-wrapped) composite's forward for DDP to synchronise gradients."""
     x0 = labels_to_x0(labels, num_classes)  # (B, C, *spatial)
     t = objective.draw(x0.shape[0], x0.device, generator)
     targets = objective.targets(t)
     eps = torch.randn(x0.shape, device=x0.device, generator=generator)
     x_t = q_sample(x0, eps, targets.t_noise, alphas_cumprod)
-    eps_hat, x0_logits = network(data, x_t, targets.t_net)
+    eps_hat, x0_logits = denoise(x_t, targets.t_net)
     return staged_loss(eps_hat, x0_logits, eps, labels, targets, seg_loss)
 
 
@@ -208,8 +208,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         labels = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            loss, per_stage = phase_b_loss(self.network, data, labels, self.objective, self.loss,
-                                           self.composite.sampler.alphas_cumprod.to(self.device),
+            loss, per_stage = phase_b_loss(lambda x_t, t: self.network(data, x_t, t), labels, self.objective,
+                                           self.loss, self.composite.sampler.alphas_cumprod.to(self.device),
                                            self.composite.num_classes)
         trainable = self.composite.dnet.parameters
         if self.grad_scaler is not None:
@@ -244,11 +244,15 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         net, ac = self.composite, self.composite.sampler.alphas_cumprod.to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.current_epoch)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            loss, _ = phase_b_loss(net, data, labels, self.objective, self.loss, ac, net.num_classes, generator)
+            _, cond = net.condition(data)  # CFENet once for both DNet calls
+
+            def denoise(x_t, t):
+                return net.dnet(x_t, t, cond)
+
+            loss, _ = phase_b_loss(denoise, labels, self.objective, self.loss, ac, net.num_classes, generator)
             x_T = torch.randn((data.shape[0], net.num_classes, *data.shape[2:]), device=self.device,
                               generator=generator)
-            top = torch.full((data.shape[0],), ac.shape[0] - 1, device=self.device)
-            _, rs_logits = net(data, x_T, top)
+            _, rs_logits = denoise(x_T, torch.full((data.shape[0],), ac.shape[0] - 1, device=self.device))
         onehot = torch.zeros_like(rs_logits).scatter_(1, rs_logits.argmax(1, keepdim=True), 1)
         tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, labels, axes=[0] + list(range(2, onehot.ndim)))
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp[1:].cpu().numpy(),
