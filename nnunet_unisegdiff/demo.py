@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,11 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+try:
+    import resource  # CPU time of the child processes (Unix)
+except ImportError:  # pragma: no cover
+    resource = None
 
 DATASET_ID = 598
 DATASET_NAME = "UniSegDiffDemo"
@@ -326,16 +330,27 @@ class DemoState:
     validation_dice: dict[str, float | None] = field(default_factory=dict)
 
 
+def child_cpu_seconds() -> float:
+    if resource is None:
+        return float("nan")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _fmt_seconds(s: float) -> str:
+    if s != s:  # NaN: not measured
+        return "n/a"
     return f"{int(s // 60)} min {int(round(s % 60))} s" if s >= 60 else f"{s:.0f} s"
 
 
 def trainer_epochs(name: str) -> int:
-    """Total epochs of one of our trainer classes (for the progress bar; 0 if unknown)."""
+    """Total epochs of a trainer (for the progress bar): ours from their class, nnU-Net's
+    `nnUNetTrainer_Xepochs` from the name; 0 if unknown."""
     from nnunet_unisegdiff import variants
     cls = getattr(variants, name, None)
     if cls is None:
-        return 0
+        m = re.fullmatch(r"nnUNetTrainer_(\d+)epochs?", name)
+        return int(m.group(1)) if m else (1000 if name == "nnUNetTrainer" else 0)
     if hasattr(cls, "num_epochs_cfenet"):
         return cls.num_epochs_cfenet + cls.num_epochs_dnet
     if name == BASELINE_TRAINER:
@@ -375,7 +390,7 @@ class Demo:
     def run(self) -> dict:
         cfg = self.config
         t0 = time.monotonic()
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = child_cpu_seconds()
         layout = prepare_layout(cfg.root, cfg.run_name, cfg.overwrite, cfg.dataset_id)
         device = pick_device(cfg.device)
         env = child_env(layout)
@@ -399,8 +414,7 @@ class Demo:
             grid_cases=cfg.grid_cases, uncertainty_of=METHOD)
         done()
         wall = time.monotonic() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        cpu = child_cpu_seconds() - cpu0
         summary.update(self.run_info(wall, cpu))
         finish_report(layout.report, summary)
         (layout.run_dir / RUN_MARKER).write_text(json.dumps({"status": "finished", **summary["run"]}, indent=1) + "\n")

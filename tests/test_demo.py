@@ -148,6 +148,13 @@ def test_baseline_trainer_has_the_same_budget_as_the_demo_trainer():
     assert D.num_epochs_cfenet >= 1 and D.num_epochs_dnet >= 1 and D.dnet_lr > 1e-4
 
 
+def test_progress_knows_the_epochs_of_builtin_trainers():
+    assert demo.trainer_epochs("nnUNetTrainer_50epochs") == 50
+    assert demo.trainer_epochs("nnUNetTrainer_1epoch") == 1
+    assert demo.trainer_epochs("nnUNetTrainerUniSegDiff_50epochs") == 50
+    assert demo.trainer_epochs("SomethingElse") == 0
+
+
 def test_demo_trainers_are_found_through_the_extension_folder(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     monkeypatch.setenv("nnUNet_extTrainer", str(TRAINER_DIR))
