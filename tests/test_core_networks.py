@@ -137,3 +137,14 @@ def test_vote_fusion_is_the_mean_of_one_hot_draws():
     assert torch.allclose(probs[0, :, 1], torch.tensor([0, 2 / 3, 1 / 3]))
     with pytest.raises(ValueError, match="staple' or 'vote"):
         fuse_masks(masks, 3, "mean")
+
+
+def test_two_class_staple_fusion_is_binary_staple_of_the_foreground():
+    from nnunet_unisegdiff.staple import staple_batched
+    g = torch.Generator().manual_seed(0)
+    masks = (torch.rand(3, 20, 16, 16, generator=g) < 0.3).long()
+    masks[1] = 0
+    masks[1, :5, 3, 3] = 1  # a nearly empty stack
+    probs = fuse_masks(masks, 2)
+    assert torch.allclose(probs[:, 1], staple_batched(masks), atol=1e-5)
+    assert torch.allclose(probs.sum(1), torch.ones(1))
