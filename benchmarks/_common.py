@@ -39,12 +39,12 @@ torch.set_num_threads(_threads)
 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_unisegdiff.network import (
+from nnunet_unisegdiff.model.network import (
     UniSegDiffNetwork,
     UniSegDiffSettings,
     build_unisegdiff_network,
 )
-from nnunet_unisegdiff.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
 
 CONFIGS = {  # name: (patch, DNet width); CFENet is always the full nnU-Net plan of the patch
     "2d-256-w1.0": ((256, 256), 1.0),   # paper-sized: nnU-Net's 7-stage 256x256 plan, DNet at full width

@@ -1,6 +1,6 @@
 """Convergence of the four DNet objectives (paper Table 4 in miniature; question 5 of issue 6).
 
-On the synthetic lesion set (`dataset_conversion.synthetic.generate_cases`, in memory, no nnU-Net
+On the synthetic lesion set (`nnunet_unisegdiff.conversion.synthetic.generate_cases`, in memory, no nnU-Net
 CLI): CFENet (the nnU-Net-planned UNet) is trained once, briefly, with nnU-Net's loss and SGD; then
 DNet is trained from the same initial weights, on the same batches with the same noise, for the same
 number of steps, once per objective, each evaluated with its own sampling plan:
@@ -31,10 +31,10 @@ import torch
 from _common import add_common_args, build_net, meta, print_table, setup, write_json
 from training_step import ds_targets, nnunet_loss
 
-from dataset_conversion.synthetic import TEST_STREAM, generate_cases
-from nnunet_unisegdiff.sampler import SamplerConfig, StagedSampler
-from nnunet_unisegdiff.staged import MODES, StagedObjective
-from nnunet_unisegdiff.trainer import phase_b_loss
+from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.staged import MODES, StagedObjective
+from nnunet_unisegdiff.training.trainer import phase_b_loss
 
 
 def load_cases(n: int, size: int, seed: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:

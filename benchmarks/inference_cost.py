@@ -36,8 +36,8 @@ from _common import (
     write_json,
 )
 
-from nnunet_unisegdiff.fusion import fuse_masks
-from nnunet_unisegdiff.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 
 DEFAULT_CONFIGS = ["2d-256-w1.0", "2d-256-w0.25", "3d-32-w0.25"]
 

@@ -33,7 +33,7 @@ from _common import (
     write_json,
 )
 
-from nnunet_unisegdiff.fusion import fuse_masks
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks
 
 TARGET = 1.15
 

@@ -30,8 +30,8 @@ from _common import (
 )
 from staple_vs_simpleitk import make_sampler_like
 
-from nnunet_unisegdiff.fusion import fuse_masks
-from nnunet_unisegdiff.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 
 
 def main() -> None:

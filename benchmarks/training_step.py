@@ -44,8 +44,8 @@ from _common import (
     write_json,
 )
 
-from nnunet_unisegdiff.staged import StagedObjective
-from nnunet_unisegdiff.trainer import phase_b_loss
+from nnunet_unisegdiff.diffusion.staged import StagedObjective
+from nnunet_unisegdiff.training.trainer import phase_b_loss
 
 TARGET = 1.5
 

@@ -10,11 +10,11 @@ from typing import Sequence
 # module path of each subcommand; each module defines `register(subparsers)` and sets `func`
 SUBCOMMAND_MODULES = (
     "nnunet_unisegdiff.nnunet_ext",
-    "nnunet_unisegdiff.evaluation",
-    "dataset_conversion.cli",
-    "nnunet_unisegdiff.demo",
-    "nnunet_unisegdiff.uncertainty",
-    "nnunet_unisegdiff.gradients",
+    "nnunet_unisegdiff.evaluation.evaluate",
+    "nnunet_unisegdiff.conversion.cli",
+    "nnunet_unisegdiff.demo.runner",
+    "nnunet_unisegdiff.evaluation.uncertainty",
+    "nnunet_unisegdiff.analysis.gradients",
 )
 
 

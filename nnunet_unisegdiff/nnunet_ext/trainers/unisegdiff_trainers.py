@@ -1,4 +1,4 @@
 """Scanned by nnU-Net through `nnUNet_extTrainer`: only re-exports, so every class keeps its home in
 the installed package (nnU-Net drops this module from sys.modules after its search)."""
-from nnunet_unisegdiff.trainer import nnUNetTrainerUniSegDiff  # noqa: F401
-from nnunet_unisegdiff.variants import *  # noqa: F401,F403
+from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff  # noqa: F401
+from nnunet_unisegdiff.training.variants import *  # noqa: F401,F403

@@ -1,0 +1,31 @@
+"""Uncertainty fusion (paper section 2.4): the sampled masks become one probability map, and the
+probability map becomes the logits nnU-Net's predictor averages over tiles, mirrors and folds."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nnunet_unisegdiff.diffusion.staple import staple_multiclass
+
+# nnU-Net accumulates logits in fp16 and rejects infinities: log(1e-4) = -9.2 stays finite
+MIN_PROB = 1e-4
+
+
+def fuse_masks(masks: Tensor, num_classes: int, method: str = "staple") -> Tensor:
+    """masks: (B, N, *spatial) label maps of N draws -> (B, C, *spatial) class probabilities.
+
+    'staple' is per-class STAPLE (for two classes the background posterior is 1 - foreground's, so
+    this is binary STAPLE); 'vote' is the mean of the one-hot draws, the paper's no-STAPLE ablation.
+    """
+    if method == "staple":
+        return staple_multiclass(masks, num_classes, batched=True)
+    if method == "vote":
+        classes = torch.arange(num_classes, device=masks.device).view(1, 1, num_classes, *[1] * (masks.ndim - 2))
+        return (masks.unsqueeze(2) == classes).float().mean(1)
+    raise ValueError(f"fusion method must be 'staple' or 'vote', got {method!r}")
+
+
+def probabilities_to_logits(probs: Tensor) -> Tensor:
+    """Logits whose softmax is `probs` (renormalised after clamping to MIN_PROB), always finite."""
+    p = probs.float().clamp(min=MIN_PROB)
+    return (p / p.sum(1, keepdim=True)).log()

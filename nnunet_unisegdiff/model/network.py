@@ -1,0 +1,107 @@
+"""The one module nnU-Net saves, loads and predicts with: CFENet + DNet + staged sampler + fusion.
+
+nnU-Net never instantiates a trainer at inference: it calls the static-style
+`build_network_architecture` and loads `network_weights` strictly, then runs `network(tile)` in eval
+mode. So in eval mode `forward(image)` runs the whole of staged inference and returns logits whose
+softmax is the fused (STAPLE) posterior. Until DNet is trained (a flag kept in the state dict) it
+returns CFENet's logits, which is what phase-A validation needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import Tensor, nn
+
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.model.cfenet import CFENetTap
+from nnunet_unisegdiff.model.dnet import DNet
+
+
+@dataclass(frozen=True)
+class UniSegDiffSettings:
+    """Everything about the method that is not in nnU-Net's plan; trainer variants replace fields."""
+    dnet_width: float = 1.0          # fraction of the plan's features per stage (1.0: paper-sized)
+    token_budget: int = 1024         # DCA at stages with at most this many positions, fusion above
+    use_dca: bool = True
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    fusion: str = "staple"           # or "vote" (no-STAPLE ablation)
+    seed: int | None = 0             # noise seed per forward call: predictions are reproducible
+
+
+class UniSegDiffNetwork(nn.Module):
+    def __init__(self, cfenet: nn.Module, dnet: DNet, num_classes: int, settings: UniSegDiffSettings) -> None:
+        super().__init__()
+        self.cfenet = cfenet
+        self.dnet = dnet
+        self.num_classes = num_classes
+        self.settings = settings
+        self.sampler = StagedSampler(settings.sampler)
+        self.register_buffer("dnet_trained", torch.tensor(False))
+        self.freeze_cfenet = False  # phase B: CFENet stays in eval mode whatever train() says
+        self._tap = CFENetTap(cfenet)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """nnU-Net toggles `network.decoder.deep_supervision`: that is CFENet's."""
+        return self.cfenet.decoder
+
+    def train(self, mode: bool = True) -> "UniSegDiffNetwork":
+        super().train(mode)
+        if self.freeze_cfenet:
+            self.cfenet.eval()
+        return self
+
+    @torch.no_grad()
+    def condition(self, image: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """CFENet once: (its logits, condition features CF_0..CF_{S-1}), no gradient."""
+        return self._tap(image)
+
+    def forward(self, image: Tensor, x_t: Tensor | None = None, t: Tensor | None = None):
+        """Phase-B training: `network(image, x_t, t)` -> (eps_hat, x0_logits), through DDP's forward.
+        Otherwise: CFENet's output in train mode or before DNet is trained, the staged prediction in eval."""
+        if x_t is not None:
+            return self.dnet(x_t, t, self.condition(image)[1])
+        if self.training or not bool(self.dnet_trained):
+            return self.cfenet(image)
+        return probabilities_to_logits(self.predict_probabilities(image))
+
+    @torch.no_grad()
+    def sample(self, image: Tensor):
+        """Staged sampling for a batch of images: SampleResult with (B, N, *spatial) masks."""
+        _, cond = self.condition(image)
+        cond_cache: dict[int, list[Tensor]] = {}
+
+        def denoise(x_t: Tensor, t: Tensor):
+            k = x_t.shape[0] // image.shape[0]  # copies of the batch in this call
+            if k not in cond_cache:
+                cond_cache[k] = [f.repeat(k, *[1] * (f.ndim - 1)) for f in cond]
+            return self.dnet(x_t, t, cond_cache[k])
+
+        generator = None
+        if self.settings.seed is not None:
+            generator = torch.Generator(device=image.device).manual_seed(self.settings.seed)
+        shape = (image.shape[0], self.num_classes, *image.shape[2:])
+        return self.sampler.sample(denoise, shape, image.device, generator)
+
+    def predict_probabilities(self, image: Tensor) -> Tensor:
+        """(B, C_in, *spatial) -> fused class probabilities (B, C, *spatial)."""
+        return fuse_masks(self.sample(image).masks, self.num_classes, self.settings.fusion)
+
+
+def build_unisegdiff_network(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                             num_input_channels: int, num_output_channels: int,
+                             enable_deep_supervision: bool, settings: UniSegDiffSettings) -> UniSegDiffNetwork:
+    """CFENet exactly as nnU-Net builds it from the plan, DNet from the same plan."""
+    cfenet = get_network_from_plans(
+        configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
+        allow_init=True, deep_supervision=enable_deep_supervision)
+    dnet = DNet.from_plan(configuration_manager.network_arch_init_kwargs,
+                          configuration_manager.network_arch_init_kwargs_req_import,
+                          configuration_manager.patch_size, num_output_channels, width=settings.dnet_width,
+                          token_budget=settings.token_budget, use_dca=settings.use_dca)
+    return UniSegDiffNetwork(cfenet, dnet, num_output_channels, settings)

@@ -1,0 +1,317 @@
+"""nnUNetTrainerUniSegDiff: both phases of UniSegDiff in one `nnUNetv2_train` run.
+
+Phase A (epochs [0, A)): CFENet, i.e. the plan's UNet, trained exactly as nnUNetTrainer trains it.
+Phase B (epochs [A, A+B)): CFENet frozen, DNet trained with the staged loss, AdamW + cosine (paper).
+
+`self.network` is the module being trained (bare CFENet in A, so `-pretrained_weights` with a plain
+nnU-Net checkpoint loads as usual; the composite in B), DDP-wrapped when nnU-Net runs DDP.
+Checkpoints always hold the composite plus the phase whose optimiser state they carry.
+"""
+from __future__ import annotations
+
+import math
+import os
+from os.path import isfile, join
+
+import numpy as np
+import torch
+from nnunetv2.paths import nnUNet_results
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import autocast, nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_unisegdiff.diffusion.schedule import q_sample
+from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, labels_to_x0, staged_loss
+from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSettings, build_unisegdiff_network
+from nnunet_unisegdiff.training.plots import plot_stage_losses
+
+# points phase-A reuse at a CFENet checkpoint; "none" disables finding nnUNetTrainer's automatically
+CFENET_CHECKPOINT_ENV = "nnUNet_unisegdiff_cfenet"
+STAGE_LOG_KEYS = {Stage.RS: "train_loss_rs", Stage.PM: "train_loss_pm", Stage.DR: "train_loss_dr"}
+
+
+class CosineLRScheduler:
+    """Cosine annealing as a function of the absolute epoch (nnU-Net steps schedulers by epoch)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, start_epoch: int, num_epochs: int):
+        self.optimizer, self.initial_lr = optimizer, initial_lr
+        self.start_epoch, self.num_epochs = start_epoch, max(1, num_epochs)
+
+    def step(self, epoch: int) -> None:
+        progress = min(max(epoch - self.start_epoch, 0) / self.num_epochs, 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.5 * self.initial_lr * (1 + math.cos(math.pi * progress))
+
+
+def phase_b_loss(denoise, labels: torch.Tensor, objective: StagedObjective, seg_loss,
+                 alphas_cumprod: torch.Tensor, num_classes: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """One staged-diffusion training loss. `denoise(x_t, t) -> (eps_hat, x0_logits)`; in training it
+    must go through the (DDP-wrapped) composite's forward for DDP to synchronise gradients."""
+    x0 = labels_to_x0(labels, num_classes)  # (B, C, *spatial)
+    t = objective.draw(x0.shape[0], x0.device, generator)
+    targets = objective.targets(t)
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+    x_t = q_sample(x0, eps, targets.t_noise, alphas_cumprod)
+    eps_hat, x0_logits = denoise(x_t, targets.t_net)
+    return staged_loss(eps_hat, x0_logits, eps, labels, targets, seg_loss)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    module = module.module if isinstance(module, DDP) else module
+    return module._orig_mod if isinstance(module, OptimizedModule) else module
+
+
+class nnUNetTrainerUniSegDiff(nnUNetTrainer):
+    num_epochs_cfenet = 500            # phase A (nnU-Net's schedule, shortened)
+    num_epochs_dnet = 300              # phase B (the paper's 300 epochs)
+    dnet_lr = 1e-4                     # AdamW, cosine annealing (paper Table 2)
+    dnet_weight_decay = 1e-2
+    objective = StagedObjective()
+    unisegdiff = UniSegDiffSettings()
+    inference_mirroring = False        # test-time mirroring multiplies sampling cost by 4 (2D) / 8 (3D)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.num_epochs_cfenet < 0 or self.num_epochs_dnet < 1:
+            raise ValueError(f"{type(self).__name__}: need num_epochs_cfenet >= 0 and num_epochs_dnet >= 1")
+        if self.label_manager.has_regions or self.label_manager.has_ignore_label:
+            raise RuntimeError(f"{type(self).__name__} supports plain label maps (softmax over classes); this "
+                               "dataset.json declares region-based labels or an ignore label, which the staged "
+                               "diffusion (one-hot masks, per-class STAPLE) does not model. Use nnUNetTrainer.")
+        self.num_epochs = self.num_epochs_cfenet + self.num_epochs_dnet
+        self.phase: str | None = None
+        self.composite: UniSegDiffNetwork | None = None
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> UniSegDiffNetwork:
+        return build_unisegdiff_network(plans_manager, configuration_manager, num_input_channels,
+                                        num_output_channels, enable_deep_supervision, cls.unisegdiff)
+
+    # ---- set-up and phases -------------------------------------------------------------------------
+    def _do_i_compile(self) -> bool:
+        return False  # the composite's sampling loop stays eager; DNet alone is compiled in initialize
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.composite = _unwrap(self.network)
+        # tells `-pretrained_weights` (loaded into CFENet after this) apart from a fresh CFENet
+        self._cfenet_fingerprint = next(self.composite.cfenet.parameters()).detach().clone()
+        if nnUNetTrainer._do_i_compile(self):
+            self.print_to_log_file("Compiling DNet (the sampling loop and CFENet's feature tap stay eager)")
+            self.composite.dnet.compile()
+        self._enter_phase("A" if self.current_epoch < self.num_epochs_cfenet else "B")
+
+    def _enter_phase(self, phase: str) -> None:
+        """Optimiser, schedule, loss, trainable parameters and DDP wrapping of one phase."""
+        net = self.composite
+        self.phase = phase
+        net.cfenet.requires_grad_(phase == "A")
+        net.dnet.requires_grad_(phase == "B")
+        net.freeze_cfenet = phase == "B"
+        if phase == "A":
+            module = net.cfenet
+            self.optimizer = torch.optim.SGD(module.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                             momentum=0.99, nesterov=True)
+            self.lr_scheduler = PolyLRScheduler(self.optimizer, self.initial_lr, max(1, self.num_epochs_cfenet))
+            self.loss = self._build_loss()
+        else:
+            module = net
+            net.dnet_trained.fill_(True)
+            self.optimizer = torch.optim.AdamW(net.dnet.parameters(), self.dnet_lr,
+                                               weight_decay=self.dnet_weight_decay)
+            self.lr_scheduler = CosineLRScheduler(self.optimizer, self.dnet_lr, self.num_epochs_cfenet,
+                                                  self.num_epochs_dnet)
+            loss = self._build_loss()
+            self.loss = getattr(loss, "loss", loss)  # nnU-Net's Dice + CE without the deep-supervision wrapper
+        if self.is_ddp:
+            device_ids = [self.local_rank] if self.device.type == "cuda" else None
+            module = DDP(module, device_ids=device_ids)
+        self.network = module
+        self.set_deep_supervision_enabled(self.enable_deep_supervision)
+        self._ensure_stage_log_keys()
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """Deep supervision belongs to CFENet's training only."""
+        self.composite.cfenet.decoder.deep_supervision = enabled and self.phase == "A"
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.inference_mirroring:
+            self.inference_allowed_mirroring_axes = None  # training augmentation still mirrors
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def _ensure_stage_log_keys(self) -> None:
+        logs = self.logger.local_logger.my_fantastic_logging
+        for key in STAGE_LOG_KEYS.values():
+            logs.setdefault(key, [np.nan] * len(logs["train_losses"]))
+
+    # ---- phase-A reuse of an nnUNetTrainer checkpoint ---------------------------------------------
+    def _reusable_cfenet_checkpoint(self) -> str | None:
+        setting = os.environ.get(CFENET_CHECKPOINT_ENV, "")
+        if setting.lower() == "none":
+            return None
+        if setting:
+            if not isfile(setting):
+                raise FileNotFoundError(f"{CFENET_CHECKPOINT_ENV}={setting}: no such checkpoint file")
+            return setting
+        folder = f"nnUNetTrainer__{self.plans_manager.plans_name}__{self.configuration_name}"
+        candidate = join(nnUNet_results, self.plans_manager.dataset_name, folder, f"fold_{self.fold}",
+                         "checkpoint_final.pth")
+        return candidate if isfile(candidate) else None
+
+    def _maybe_reuse_cfenet(self) -> None:
+        fresh = self.current_epoch == 0 and torch.equal(next(self.composite.cfenet.parameters()),
+                                                         self._cfenet_fingerprint)
+        checkpoint_file = self._reusable_cfenet_checkpoint() if fresh else None
+        if checkpoint_file is None or self.num_epochs_cfenet == 0:
+            return
+        checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=False)
+        self.composite.cfenet.load_state_dict(checkpoint["network_weights"])
+        self.print_to_log_file(f"Phase A skipped: CFENet weights reused from {checkpoint_file} "
+                               f"({checkpoint.get('trainer_name')}, epoch {checkpoint.get('current_epoch')}). "
+                               f"Set {CFENET_CHECKPOINT_ENV}=none to train CFENet here instead.")
+        logs = self.logger.local_logger.my_fantastic_logging
+        reused_dice = checkpoint.get("_best_ema") or 0.0
+        for key, values in logs.items():  # one entry per skipped epoch keeps nnU-Net's logger aligned
+            fill = reused_dice if key in ("mean_fg_dice", "ema_fg_dice") else np.nan
+            values.extend([fill] * (self.num_epochs_cfenet - len(values)))
+        self.current_epoch = self.num_epochs_cfenet
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._maybe_reuse_cfenet()
+
+    # ---- epochs ----------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        if self.phase == "A" and self.current_epoch >= self.num_epochs_cfenet:
+            self.print_to_log_file(f"Phase B from epoch {self.current_epoch}: CFENet frozen, training DNet "
+                                   f"({self.objective.mode} objective)")
+            self._enter_phase("B")
+            self._best_ema = None  # checkpoint_best is chosen within phase B
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        if self.phase == "A":
+            return super().train_step(batch)
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        labels = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            loss, per_stage = phase_b_loss(lambda x_t, t: self.network(data, x_t, t), labels, self.objective,
+                                           self.loss, self.composite.sampler.alphas_cumprod.to(self.device),
+                                           self.composite.num_classes)
+        trainable = self.composite.dnet.parameters
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable(), 12)
+            self.optimizer.step()
+        out = {"loss": loss.detach().cpu().numpy()}
+        out.update({key: per_stage.get(stage, np.nan) for stage, key in STAGE_LOG_KEYS.items()})
+        return out
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        for key in STAGE_LOG_KEYS.values():
+            values = [o.get(key, np.nan) for o in train_outputs]
+            mean = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+            self.logger.local_logger.log(key, mean, self.current_epoch)
+
+    def validation_step(self, batch: dict) -> dict:
+        """Phase B: the staged loss at seeded timesteps, and pseudo Dice of the RS stage's one-call
+        prediction from pure noise (cheap; the full sampler runs in the final validation)."""
+        if self.phase == "A":
+            return super().validation_step(batch)
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        labels = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
+        net, ac = self.composite, self.composite.sampler.alphas_cumprod.to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.current_epoch)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            _, cond = net.condition(data)  # CFENet once for both DNet calls
+
+            def denoise(x_t, t):
+                return net.dnet(x_t, t, cond)
+
+            loss, _ = phase_b_loss(denoise, labels, self.objective, self.loss, ac, net.num_classes, generator)
+            x_T = torch.randn((data.shape[0], net.num_classes, *data.shape[2:]), device=self.device,
+                              generator=generator)
+            _, rs_logits = denoise(x_T, torch.full((data.shape[0],), ac.shape[0] - 1, device=self.device))
+        onehot = torch.zeros_like(rs_logits).scatter_(1, rs_logits.argmax(1, keepdim=True), 1)
+        tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, labels, axes=[0] + list(range(2, onehot.ndim)))
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp[1:].cpu().numpy(),
+                "fp_hard": fp[1:].cpu().numpy(), "fn_hard": fn[1:].cpu().numpy()}
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()  # increments current_epoch
+        if self.local_rank == 0:
+            plot_stage_losses(self.logger.local_logger.my_fantastic_logging, self.num_epochs_cfenet,
+                              join(self.output_folder, "progress_stages.png"))
+        if self.phase == "A" and self.current_epoch == self.num_epochs_cfenet:
+            # a crash early in phase B resumes from here rather than from an older checkpoint_best
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint of the composite, plus the phase; written atomically."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return
+        checkpoint = {
+            "network_weights": self.composite.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "unisegdiff": {"phase": self.phase, "num_epochs_cfenet": self.num_epochs_cfenet,
+                           "num_epochs_dnet": self.num_epochs_dnet},
+        }
+        partial = filename + ".partial"
+        torch.save(checkpoint, partial)
+        os.replace(partial, filename)  # an interrupted save never replaces a good checkpoint
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        meta = checkpoint.get("unisegdiff")
+        if meta is None:
+            raise RuntimeError(f"{type(self).__name__} cannot resume from a checkpoint of "
+                               f"{checkpoint.get('trainer_name')}; to reuse a trained nnUNetTrainer as CFENet, "
+                               f"start a fresh run (it is found automatically) or set {CFENET_CHECKPOINT_ENV}.")
+        if meta["num_epochs_cfenet"] != self.num_epochs_cfenet:
+            raise RuntimeError(f"checkpoint was trained with {meta['num_epochs_cfenet']} CFENet epochs, "
+                               f"{type(self).__name__} has {self.num_epochs_cfenet}: resume with the same trainer")
+        self._enter_phase(meta["phase"])  # before loading the optimiser state of that phase
+        self.composite.load_state_dict(checkpoint["network_weights"])
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._ensure_stage_log_keys()
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])

@@ -1,0 +1,106 @@
+"""Trainer variants, nnU-Net style: `_Xepochs` for length (split between CFENet and DNet), a
+CamelCase modifier for behaviour. Each only sets class attributes (the demo's two also the
+iteration counts per epoch, which nnU-Net sets in `__init__`)."""
+from dataclasses import replace
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.staged import StagedObjective
+from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
+
+_BASE = nnUNetTrainerUniSegDiff.unisegdiff
+
+
+# ---- length: (CFENet epochs, DNet epochs) -------------------------------------------------------
+class nnUNetTrainerUniSegDiff_5epochs(nnUNetTrainerUniSegDiff):
+    num_epochs_cfenet, num_epochs_dnet = 3, 2
+
+
+class nnUNetTrainerUniSegDiff_50epochs(nnUNetTrainerUniSegDiff):
+    num_epochs_cfenet, num_epochs_dnet = 30, 20
+
+
+class nnUNetTrainerUniSegDiff_100epochs(nnUNetTrainerUniSegDiff):
+    num_epochs_cfenet, num_epochs_dnet = 60, 40
+
+
+class nnUNetTrainerUniSegDiff_250epochs(nnUNetTrainerUniSegDiff):
+    num_epochs_cfenet, num_epochs_dnet = 150, 100
+
+
+class nnUNetTrainerUniSegDiff_500epochs(nnUNetTrainerUniSegDiff):
+    num_epochs_cfenet, num_epochs_dnet = 300, 200
+
+
+class nnUNetTrainerUniSegDiff_1000epochs(nnUNetTrainerUniSegDiff):
+    num_epochs_cfenet, num_epochs_dnet = 700, 300
+
+
+# ---- inference --------------------------------------------------------------------------------
+class nnUNetTrainerUniSegDiffMirroring(nnUNetTrainerUniSegDiff):
+    """Test-time mirroring on (4x the sampling cost in 2D, 8x in 3D)."""
+    inference_mirroring = True
+
+
+# ---- ablations of the paper's Tables 4 and 6 ------------------------------------------------------
+class nnUNetTrainerUniSegDiffUniformEps(nnUNetTrainerUniSegDiff):
+    """Plain eps-prediction diffusion, sampled with DDIM-100."""
+    objective = StagedObjective(mode="uniform-eps")
+    unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="ddim", ddim_steps=100, ddim_prediction="eps",
+                                                      draws_per_branch=20))
+
+
+class nnUNetTrainerUniSegDiffUniformX0(nnUNetTrainerUniSegDiff):
+    """Plain x0-prediction diffusion, sampled with DDIM-100."""
+    objective = StagedObjective(mode="uniform-x0")
+    unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="ddim", ddim_steps=100, ddim_prediction="x0",
+                                                      draws_per_branch=20))
+
+
+class nnUNetTrainerUniSegDiffOneStep(nnUNetTrainerUniSegDiff):
+    """x0 from pure noise in one call (SDSeg-style), trained at t = 999 only."""
+    objective = StagedObjective(mode="one-step")
+    unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="one-step", draws_per_branch=20))
+
+
+class nnUNetTrainerUniSegDiffNoDCA(nnUNetTrainerUniSegDiff):
+    """Feature fusion at every stage instead of Dual Cross-Attention."""
+    unisegdiff = replace(_BASE, use_dca=False)
+
+
+class nnUNetTrainerUniSegDiffNoSTAPLE(nnUNetTrainerUniSegDiff):
+    """Mean vote of the 20 draws instead of STAPLE."""
+    unisegdiff = replace(_BASE, fusion="vote")
+
+
+# ---- the demo (`unisegdiff demo`): minutes on 2 CPU cores for 64x64 images -----------------------
+class nnUNetTrainerUniSegDiffDemo(nnUNetTrainerUniSegDiff):
+    """14 CFENet + 10 DNet epochs of 40 iterations (with 4-6 CFENet epochs CFENet still found lesions
+    in lesion-free images, and DNet follows its features there). DNet at a quarter of the plan's width,
+    DCA only at stages of <= 256 positions, and lr 3e-3: at the paper's 1e-4 DNet needs hundreds of
+    epochs, at 3e-3 a few hundred iterations. Sampling is the paper's (staged, 20 draws, STAPLE)."""
+    num_epochs_cfenet, num_epochs_dnet = 14, 10
+    dnet_lr = 3e-3
+    unisegdiff = replace(_BASE, dnet_width=0.25, token_budget=256)
+    iterations_per_epoch, val_iterations_per_epoch = 40, 5
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_iterations_per_epoch = self.iterations_per_epoch  # nnU-Net sets these in __init__
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+
+
+class nnUNetTrainer_UniSegDiffDemo(nnUNetTrainer):
+    """nnU-Net's baseline with the demo's budget: as many epochs x iterations in total as
+    nnUNetTrainerUniSegDiffDemo's two phases together."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        demo = nnUNetTrainerUniSegDiffDemo
+        self.num_epochs = demo.num_epochs_cfenet + demo.num_epochs_dnet
+        self.num_iterations_per_epoch = demo.iterations_per_epoch
+        self.num_val_iterations_per_epoch = demo.val_iterations_per_epoch
