@@ -19,6 +19,7 @@ from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 DATASET_ID = 971
 TRAINER = "nnUNetTrainerUniSegDiffTestTiny"
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # minutes: real nnU-Net runs in child processes
 
 
 @pytest.fixture(scope="module")

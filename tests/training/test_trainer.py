@@ -257,6 +257,7 @@ def _ddp_worker(rank: int, world: int, store_path: str, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_phase_b_step_under_ddp_gloo_gives_identical_gradients_on_both_ranks(tmp_path):
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
