@@ -33,8 +33,7 @@ from training_step import ds_targets, nnunet_loss
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
-from nnunet_unisegdiff.diffusion.staged import MODES, StagedObjective
-from nnunet_unisegdiff.training.trainer import phase_b_loss
+from nnunet_unisegdiff.diffusion.staged import MODES, StagedObjective, phase_b_loss
 
 
 def load_cases(n: int, size: int, seed: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +125,7 @@ def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -
     opt = torch.optim.AdamW(net.dnet.parameters(), args.lr, weight_decay=1e-2)
     objective = StagedObjective(mode=mode)
     seg_loss = nnunet_loss(False, 1)
-    ac = net.sampler.alphas_cumprod.to(device)
+    ac = objective.diffusion.alphas_cumprod().to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed + 2)
     data = batches(images, labels, args.batch_size, args.seed + 1)
     curve, t_train, t_eval = [], 0.0, 0.0

@@ -44,8 +44,7 @@ from _common import (
     write_json,
 )
 
-from nnunet_unisegdiff.diffusion.staged import StagedObjective
-from nnunet_unisegdiff.training.trainer import phase_b_loss
+from nnunet_unisegdiff.diffusion.staged import StagedObjective, phase_b_loss
 
 TARGET = 1.5
 
@@ -115,7 +114,7 @@ class Steps:
         self.opt_b = torch.optim.AdamW(net.dnet.parameters(), 1e-4, weight_decay=1e-2)
         self.loss_b = nnunet_loss(False, 1)
         self.objective = StagedObjective()
-        self.ac = net.sampler.alphas_cumprod.to(device)
+        self.ac = self.objective.diffusion.alphas_cumprod().to(device)
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.scaler_b = torch.amp.GradScaler("cuda") if self.amp else None
 

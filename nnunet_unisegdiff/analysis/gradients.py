@@ -45,10 +45,8 @@ def objectives(staged=None) -> dict:
     """The three objectives compared, as `StagedObjective`s (the staged one may be a trainer's)."""
     from nnunet_unisegdiff.diffusion.staged import StagedObjective
     staged = staged if staged is not None and staged.mode == "staged" else StagedObjective()
-    return {"eps": StagedObjective(mode="uniform-eps", high=staged.high, low=staged.low,
-                                   num_timesteps=staged.num_timesteps),
-            "x0": StagedObjective(mode="uniform-x0", high=staged.high, low=staged.low,
-                                  num_timesteps=staged.num_timesteps),
+    return {"eps": StagedObjective(mode="uniform-eps", diffusion=staged.diffusion),
+            "x0": StagedObjective(mode="uniform-x0", diffusion=staged.diffusion),
             "staged": staged}
 
 
@@ -68,17 +66,15 @@ def objective_gradients(network, cond, images_batch: int, labels, seg_loss, obje
     eps: (B, C, *spatial) noise."""
     import torch
 
-    from nnunet_unisegdiff.diffusion.schedule import q_sample
-    from nnunet_unisegdiff.diffusion.staged import labels_to_x0, staged_loss
+    from nnunet_unisegdiff.diffusion.staged import phase_b_loss
 
     dnet = network.dnet
-    x0 = labels_to_x0(labels, network.num_classes)
-    tt = torch.full((images_batch,), int(t), device=x0.device, dtype=torch.long)
+    tt = torch.full((images_batch,), int(t), device=labels.device, dtype=torch.long)
     targets = objective.targets(tt)
-    x_t = q_sample(x0, eps, targets.t_noise, network.sampler.alphas_cumprod.to(x0.device))
     dnet.zero_grad(set_to_none=True)
-    eps_hat, x0_logits = dnet(x_t, targets.t_net, cond)
-    loss, _ = staged_loss(eps_hat, x0_logits, eps, labels, targets, seg_loss)
+    loss, _ = phase_b_loss(lambda x_t, t_told: dnet(x_t, t_told, cond), labels, objective, seg_loss,
+                           objective.diffusion.alphas_cumprod().to(labels.device), network.num_classes,
+                           t=tt, eps=eps)
     loss.backward()
     names = set(trained_parameter_names(dnet, targets.alpha, targets.beta))
     grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))

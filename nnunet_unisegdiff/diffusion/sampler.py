@@ -16,7 +16,8 @@ from typing import Callable, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from nnunet_unisegdiff.diffusion.schedule import alpha_bar, ddim_step, linear_alphas_cumprod, split_prediction
+from nnunet_unisegdiff.diffusion.schedule import alpha_bar, ddim_step, split_prediction
+from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 
 Denoise = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -52,19 +53,29 @@ class SamplerConfig:
     plan: Literal["staged", "ddim", "one-step"] = "staged"
     draws_per_branch: int = 10       # staged: per branch; ddim / one-step: parallel samples
     interval: int = 30               # PM DDIM interval
-    high: int = 600                  # RS jumps to high - 1
-    low: int = 300                   # PM ends at low - 1
+    diffusion: DiffusionSettings = DiffusionSettings()  # T and the thresholds, shared with training
     renoise: str = "fresh"
     ddim_steps: int = 100            # ddim plan only
     ddim_prediction: Literal["eps", "x0"] = "eps"
     eta: float = 0.0                 # ddim plan; eta 1 with 1000 steps is DDPM
-    num_timesteps: int = 1000
 
     def __post_init__(self) -> None:
         if self.renoise not in RENOISE:
             raise ValueError(f"renoise must be one of {sorted(RENOISE)}, got {self.renoise!r}")
         if self.plan not in ("staged", "ddim", "one-step"):
             raise ValueError(f"unknown sampling plan {self.plan!r}")
+
+    @property
+    def high(self) -> int:  # RS jumps to high - 1
+        return self.diffusion.high
+
+    @property
+    def low(self) -> int:  # PM ends at low - 1
+        return self.diffusion.low
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.diffusion.num_timesteps
 
 
 def _x0_from_logits(logits: Tensor) -> Tensor:
@@ -75,7 +86,7 @@ def _x0_from_logits(logits: Tensor) -> Tensor:
 class StagedSampler:
     def __init__(self, config: SamplerConfig = SamplerConfig()) -> None:
         self.config = config
-        self.alphas_cumprod = linear_alphas_cumprod(config.num_timesteps)
+        self.alphas_cumprod = config.diffusion.alphas_cumprod()
 
     def pm_timesteps(self) -> list[int]:
         """Told (and true) timesteps of the PM calls: 599, 569, ..., 329 for the paper's setting."""

@@ -19,6 +19,9 @@ from typing import Callable, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from nnunet_unisegdiff.diffusion.schedule import q_sample
+from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
+
 Mode = Literal["staged", "uniform-eps", "uniform-x0", "one-step"]
 MODES: tuple[Mode, ...] = ("staged", "uniform-eps", "uniform-x0", "one-step")
 
@@ -40,17 +43,25 @@ class StagedTargets(NamedTuple):
 @dataclass(frozen=True)
 class StagedObjective:
     mode: Mode = "staged"
-    high: int = 600
-    low: int = 300
-    num_timesteps: int = 1000
+    diffusion: DiffusionSettings = DiffusionSettings()  # T and the thresholds, shared with the sampler
     weights: tuple[tuple[float, float], ...] = ((1.0, 3.0), (1.0, 1.0), (3.0, 1.0))  # RS, PM, DR
     noise_at_clamped_t: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not 0 < self.low < self.high < self.num_timesteps:
-            raise ValueError(f"need 0 < low < high < T, got low={self.low}, high={self.high}")
+
+    @property
+    def high(self) -> int:
+        return self.diffusion.high
+
+    @property
+    def low(self) -> int:
+        return self.diffusion.low
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.diffusion.num_timesteps
 
     def stage_of(self, t: Tensor) -> Tensor:
         """Stage of each drawn timestep t (any shape)."""
@@ -108,3 +119,21 @@ def staged_loss(eps_hat: Tensor, x0_logits: Tensor, eps: Tensor, labels: Tensor,
         total = total + loss * idx.sum() / b
         per_stage[Stage(stage)] = float(loss.detach())
     return total, per_stage
+
+
+def phase_b_loss(denoise: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], labels: Tensor,
+                 objective: StagedObjective, seg_loss: Callable[[Tensor, Tensor], Tensor],
+                 alphas_cumprod: Tensor, num_classes: int, generator: torch.Generator | None = None, *,
+                 t: Tensor | None = None, eps: Tensor | None = None) -> tuple[Tensor, dict[Stage, float]]:
+    """The staged-diffusion training loss of one batch: draw t (unless given), noise the clean mask
+    with eps (drawn unless given), ask `denoise(x_t, t_told) -> (eps_hat, x0_logits)`, weight by stage.
+
+    In training `denoise` must go through the (DDP-wrapped) composite's forward for DDP to
+    synchronise gradients; `unisegdiff gradients` fixes t and eps to compare objectives."""
+    x0 = labels_to_x0(labels, num_classes)  # (B, C, *spatial)
+    t = objective.draw(x0.shape[0], x0.device, generator) if t is None else t
+    targets = objective.targets(t)
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator) if eps is None else eps
+    x_t = q_sample(x0, eps, targets.t_noise, alphas_cumprod)
+    eps_hat, x0_logits = denoise(x_t, targets.t_net)
+    return staged_loss(eps_hat, x0_logits, eps, labels, targets, seg_loss)

@@ -25,8 +25,7 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_unisegdiff.diffusion.schedule import q_sample
-from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, labels_to_x0, staged_loss
+from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, phase_b_loss
 from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSettings, build_unisegdiff_network
 from nnunet_unisegdiff.training.plots import plot_stage_losses
 
@@ -48,20 +47,6 @@ class CosineLRScheduler:
             group["lr"] = 0.5 * self.initial_lr * (1 + math.cos(math.pi * progress))
 
 
-def phase_b_loss(denoise, labels: torch.Tensor, objective: StagedObjective, seg_loss,
-                 alphas_cumprod: torch.Tensor, num_classes: int,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """One staged-diffusion training loss. `denoise(x_t, t) -> (eps_hat, x0_logits)`; in training it
-    must go through the (DDP-wrapped) composite's forward for DDP to synchronise gradients."""
-    x0 = labels_to_x0(labels, num_classes)  # (B, C, *spatial)
-    t = objective.draw(x0.shape[0], x0.device, generator)
-    targets = objective.targets(t)
-    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
-    x_t = q_sample(x0, eps, targets.t_noise, alphas_cumprod)
-    eps_hat, x0_logits = denoise(x_t, targets.t_net)
-    return staged_loss(eps_hat, x0_logits, eps, labels, targets, seg_loss)
-
-
 def _unwrap(module: nn.Module) -> nn.Module:
     module = module.module if isinstance(module, DDP) else module
     return module._orig_mod if isinstance(module, OptimizedModule) else module
@@ -81,6 +66,11 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.num_epochs_cfenet < 0 or self.num_epochs_dnet < 1:
             raise ValueError(f"{type(self).__name__}: need num_epochs_cfenet >= 0 and num_epochs_dnet >= 1")
+        if self.objective.diffusion != self.unisegdiff.sampler.diffusion:
+            raise ValueError(f"{type(self).__name__}: the training objective's diffusion settings "
+                             f"{self.objective.diffusion} differ from the sampler's "
+                             f"{self.unisegdiff.sampler.diffusion}; DNet would be sampled in stages it "
+                             "was not trained on")
         if self.label_manager.has_regions or self.label_manager.has_ignore_label:
             raise RuntimeError(f"{type(self).__name__} supports plain label maps (softmax over classes); this "
                                "dataset.json declares region-based labels or an ignore label, which the staged "
@@ -88,6 +78,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.num_epochs = self.num_epochs_cfenet + self.num_epochs_dnet
         self.phase: str | None = None
         self.composite: UniSegDiffNetwork | None = None
+        self._alphas_cumprod = self.objective.diffusion.alphas_cumprod().to(self.device)
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -209,8 +200,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             loss, per_stage = phase_b_loss(lambda x_t, t: self.network(data, x_t, t), labels, self.objective,
-                                           self.loss, self.composite.sampler.alphas_cumprod.to(self.device),
-                                           self.composite.num_classes)
+                                           self.loss, self._alphas_cumprod, self.composite.num_classes)
         trainable = self.composite.dnet.parameters
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -241,7 +231,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         labels = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
-        net, ac = self.composite, self.composite.sampler.alphas_cumprod.to(self.device)
+        net, ac = self.composite, self._alphas_cumprod
         generator = torch.Generator(device=self.device).manual_seed(self.current_epoch)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             _, cond = net.condition(data)  # CFENet once for both DNet calls
@@ -262,7 +252,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         super().on_epoch_end()  # increments current_epoch
         if self.local_rank == 0:
             plot_stage_losses(self.logger.local_logger.my_fantastic_logging, self.num_epochs_cfenet,
-                              join(self.output_folder, "progress_stages.png"))
+                              join(self.output_folder, "progress_stages.png"), self.objective.diffusion)
         if self.phase == "A" and self.current_epoch == self.num_epochs_cfenet:
             # a crash early in phase B resumes from here rather than from an older checkpoint_best
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))

@@ -4,6 +4,7 @@ import torch
 
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 from nnunet_unisegdiff.diffusion.schedule import linear_alphas_cumprod, split_prediction
+from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 
 AB = linear_alphas_cumprod()
 
@@ -89,6 +90,7 @@ def test_reference_plans_recover_the_mask_with_an_oracle(config, calls, told0):
 
 
 def test_pm_schedule_follows_thresholds_and_interval():
-    assert StagedSampler(SamplerConfig(high=800, low=200, interval=100)).pm_timesteps() == [799, 699, 599, 499, 399, 299]
+    config = SamplerConfig(diffusion=DiffusionSettings(high=800, low=200), interval=100)
+    assert StagedSampler(config).pm_timesteps() == [799, 699, 599, 499, 399, 299]
     with pytest.raises(ValueError, match="renoise"):
         SamplerConfig(renoise="magic")

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective
 
 
@@ -21,10 +22,10 @@ def test_clamped_noise_reading_is_available():
 
 
 def test_thresholds_are_configurable_and_validated():
-    obj = StagedObjective(high=800, low=200)
+    obj = StagedObjective(diffusion=DiffusionSettings(high=800, low=200))
     assert obj.stage_of(torch.tensor([800, 799, 200, 199])).tolist() == [0, 1, 1, 2]
     with pytest.raises(ValueError, match="low < high"):
-        StagedObjective(high=300, low=600)
+        DiffusionSettings(high=300, low=600)
     with pytest.raises(ValueError, match="mode"):
         StagedObjective(mode="magic")
 

@@ -11,6 +11,8 @@ import torch
 
 from conftest import tiny_plans
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
+from nnunet_unisegdiff.diffusion.staged import StagedObjective
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV, nnUNetTrainerUniSegDiff
 from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffNoDCA, nnUNetTrainerUniSegDiffUniformEps
 
@@ -183,6 +185,13 @@ def test_no_reuse_when_opted_out_or_pretrained_weights_were_loaded(nnunet_dirs, 
     assert t.current_epoch == 0 and t.phase == "A"
 
 
+def test_objective_and_sampler_with_different_diffusion_settings_are_refused(nnunet_dirs):
+    class Mismatched(Tiny):
+        objective = StagedObjective(diffusion=DiffusionSettings(high=700))
+    with pytest.raises(ValueError, match="diffusion settings"):
+        make(Mismatched)
+
+
 def test_region_labels_are_refused_up_front(nnunet_dirs):
     regions = dict(DATASET_JSON, labels={"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=[1, 2])
     with pytest.raises(RuntimeError, match="region-based"):
@@ -224,9 +233,8 @@ def _ddp_worker(rank: int, world: int, store_path: str, queue) -> None:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from nnunet_unisegdiff.diffusion.staged import StagedObjective
+    from nnunet_unisegdiff.diffusion.staged import phase_b_loss
     from nnunet_unisegdiff.model.network import build_unisegdiff_network
-    from nnunet_unisegdiff.training.trainer import phase_b_loss
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
