@@ -1,50 +1,39 @@
 """Shared pieces of the benchmark scripts: nnU-Net-like plans, the networks, timing, tables, JSON.
 
-Plans come from `tests/conftest.py::tiny_plans`, scaled up the way nnU-Net's planner scales them
-(/work/shared/docs/nnunet.md section 4: 256x256 RGB -> 7 stages, 32..512 features, 2 decoder convs,
+Plans come from the package's plan builder (`nnunet_unisegdiff.model.plans.unet_plans`), sized the
+way nnU-Net's planner sizes them (256x256 RGB -> 7 stages, 32..512 features, 2 decoder convs,
 batch 2). Timings are medians over repeats; CUDA is synchronised around every timed call.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 # when the benchmark started and the machine's load then (timezone.utc: Python 3.10 has no datetime.UTC)
 _START = (datetime.now(timezone.utc), os.getloadavg())  # noqa: UP017
-os.environ.setdefault("nnUNet_compile", "0")
+os.environ.setdefault("nnUNet_compile", "0")  # before nnU-Net is imported
 
-_threads = torch.get_num_threads()
-try:  # conftest decorates fixtures with pytest, which a plain install (without the [test] extra) lacks
-    import pytest  # noqa: F401
-except ImportError:
-    sys.modules["pytest"] = types.SimpleNamespace(fixture=lambda fn=None, **_: fn or (lambda f: f))
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import tiny_plans  # the test fixture's plan builder (caps threads at 2)
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss  # noqa: E402
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper  # noqa: E402
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss  # noqa: E402
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
 
-sys.path.remove(str(ROOT / "tests"))
-torch.set_num_threads(_threads)
-
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-from nnunet_unisegdiff.model.network import (
-    UniSegDiffNetwork,
-    UniSegDiffSettings,
-    build_unisegdiff_network,
-)
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig  # noqa: E402
+from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSettings, build_unisegdiff_network  # noqa: E402
+from nnunet_unisegdiff.model.plans import nnunet_features, unet_plans  # noqa: E402
 
 CONFIGS = {  # name: (patch, DNet width); CFENet is always the full nnU-Net plan of the patch
     "2d-256-w1.0": ((256, 256), 1.0),   # paper-sized: nnU-Net's 7-stage 256x256 plan, DNet at full width
@@ -57,24 +46,11 @@ CONFIGS = {  # name: (patch, DNet width); CFENet is always the full nnU-Net plan
 }
 
 
-def nnunet_features(patch: Sequence[int], base: int = 32, cap: int | None = None) -> list[int]:
-    """Stages and widths as nnU-Net plans them: halve until the smallest side is 4, features
-    base * 2^i capped at 512 (2D) / 320 (3D)."""
-    cap = cap or (512 if len(patch) == 2 else 320)
-    n_stages = int(math.log2(min(patch) // 4)) + 1
-    return [min(base * 2 ** i, cap) for i in range(n_stages)]
-
-
 def nnunet_plan(patch: Sequence[int], features: Sequence[int] | None = None, batch_size: int = 2) -> tuple:
     """(PlansManager, ConfigurationManager) for an nnU-Net-like PlainConvUNet plan of `patch`."""
-    dim = len(patch)
-    features = list(features or nnunet_features(patch))
-    plans = tiny_plans(dim, patch=list(patch), features=tuple(features))
-    cfg = plans["configurations"][f"{dim}d"]
-    cfg["architecture"]["arch_kwargs"]["n_conv_per_stage_decoder"] = [2] * (len(features) - 1)  # nnU-Net: 2
-    cfg["batch_size"] = batch_size
+    plans = unet_plans(patch, features or nnunet_features(patch), num_channels=3, batch_size=batch_size)
     pm = PlansManager(plans)
-    return pm, pm.get_configuration(f"{dim}d")
+    return pm, pm.get_configuration(f"{len(patch)}d")
 
 
 def build_net(patch: Sequence[int], width: float = 1.0, in_ch: int = 3, classes: int = 2,
@@ -94,12 +70,43 @@ def build_net(patch: Sequence[int], width: float = 1.0, in_ch: int = 3, classes:
 def build_unet(patch: Sequence[int], in_ch: int = 3, classes: int = 2, deep_supervision: bool = True,
                features: Sequence[int] | None = None, seed: int = 0, device: str | torch.device = "cpu"):
     """The plan's UNet alone, as nnUNetTrainer builds it (phase A / CFENet)."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     _, cm = nnunet_plan(patch, features)
     torch.manual_seed(seed)
     return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, in_ch, classes, allow_init=True,
                                   deep_supervision=deep_supervision).to(device)
+
+
+def nnunet_loss(deep_supervision: bool, n_outputs: int):
+    """nnUNetTrainer._build_loss for plain label maps (no regions, no ignore label, no DDP)."""
+    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+    if not deep_supervision:
+        return loss
+    weights = np.array([1 / (2 ** i) for i in range(n_outputs)])
+    weights[-1] = 0
+    return DeepSupervisionWrapper(loss, weights / weights.sum())
+
+
+def ds_targets(labels: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.nn.functional.interpolate(labels, size=o.shape[2:], mode="nearest") for o in outputs]
+
+
+def coordinate_grids(spatial: tuple[int, ...]) -> list[torch.Tensor]:
+    return list(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in spatial], indexing="ij"))
+
+
+def make_sampler_like(spatial: tuple[int, ...], n: int = 20, seed: int = 0) -> torch.Tensor:
+    """``sampler`` stack (n, *spatial) uint8: balls (radius side/6) with jittered centre and radius, 0.2% speckle."""
+    g = torch.Generator().manual_seed(seed)
+    grids = coordinate_grids(spatial)
+    out = []
+    for _ in range(n):
+        centre = [(s - 1) / 2 + 1.5 * torch.randn((), generator=g).item() for s in spatial]
+        radius = min(spatial) / 6 * (1 + 0.05 * torch.randn((), generator=g).item())
+        ball = sum((x - c) ** 2 for x, c in zip(grids, centre)) <= radius**2
+        out.append(ball ^ (torch.rand(spatial, generator=g) < 0.002))
+    return torch.stack(out).to(torch.uint8)
 
 
 def rss_mib(field: str = "VmRSS") -> float:

@@ -28,8 +28,7 @@ import time
 
 import numpy as np
 import torch
-from _common import add_common_args, build_net, meta, print_table, setup, write_json
-from training_step import ds_targets, nnunet_loss
+from _common import add_common_args, build_net, ds_targets, meta, nnunet_loss, print_table, setup, write_json
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler

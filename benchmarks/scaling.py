@@ -20,6 +20,7 @@ from _common import (
     add_common_args,
     build_net,
     interleaved,
+    make_sampler_like,
     median,
     meta,
     print_table,
@@ -28,7 +29,6 @@ from _common import (
     timed,
     write_json,
 )
-from staple_vs_simpleitk import make_sampler_like
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler

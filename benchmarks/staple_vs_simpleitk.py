@@ -22,35 +22,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from _common import coordinate_grids, make_sampler_like
 
 from nnunet_unisegdiff import staple
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "staple_vs_simpleitk.json"
 
 
-def _grids(spatial: tuple[int, ...]) -> list[torch.Tensor]:
-    return list(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in spatial], indexing="ij"))
-
-
 def make_stack(spatial: tuple[int, ...], n: int = 20, seed: int = 0) -> torch.Tensor:
     """``iid`` stack (n, *spatial) uint8: a centred ball (radius side/4), per-rater flip rates in [2%, 15%]."""
     g = torch.Generator().manual_seed(seed)
-    gt = sum((x - (s - 1) / 2) ** 2 for x, s in zip(_grids(spatial), spatial)) <= (min(spatial) / 4) ** 2
+    gt = sum((x - (s - 1) / 2) ** 2 for x, s in zip(coordinate_grids(spatial), spatial)) <= (min(spatial) / 4) ** 2
     rates = 0.02 + 0.13 * torch.rand((n,) + (1,) * len(spatial), generator=g)
     return (gt ^ (torch.rand((n, *spatial), generator=g) < rates)).to(torch.uint8)
-
-
-def make_sampler_like(spatial: tuple[int, ...], n: int = 20, seed: int = 0) -> torch.Tensor:
-    """``sampler`` stack (n, *spatial) uint8: balls (radius side/6) with jittered centre and radius, 0.2% speckle."""
-    g = torch.Generator().manual_seed(seed)
-    grids = _grids(spatial)
-    out = []
-    for _ in range(n):
-        centre = [(s - 1) / 2 + 1.5 * torch.randn((), generator=g).item() for s in spatial]
-        radius = min(spatial) / 6 * (1 + 0.05 * torch.randn((), generator=g).item())
-        ball = sum((x - c) ** 2 for x, c in zip(grids, centre)) <= radius**2
-        out.append(ball ^ (torch.rand(spatial, generator=g) < 0.002))
-    return torch.stack(out).to(torch.uint8)
 
 
 def time_it(fn, repeats: int, sync) -> tuple[float, float, object]:

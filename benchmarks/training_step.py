@@ -27,16 +27,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from _common import (
     CONFIGS,
     add_common_args,
     build_net,
     build_unet,
+    ds_targets,
     interleaved,
     median,
     meta,
+    nnunet_loss,
     print_table,
     rss_mib,
     setup,
@@ -47,20 +48,6 @@ from _common import (
 from nnunet_unisegdiff.diffusion.staged import StagedObjective, phase_b_loss
 
 TARGET = 1.5
-
-
-def nnunet_loss(deep_supervision: bool, n_outputs: int):
-    """nnUNetTrainer._build_loss for plain label maps (no regions, no ignore label, no DDP)."""
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
-                          weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
-    if not deep_supervision:
-        return loss
-    weights = np.array([1 / (2 ** i) for i in range(n_outputs)])
-    weights[-1] = 0
-    return DeepSupervisionWrapper(loss, weights / weights.sum())
 
 
 def make_batch(patch, batch_size: int, device, seed: int = 0):
@@ -76,10 +63,6 @@ def make_batch(patch, batch_size: int, device, seed: int = 0):
         labels.append((sum((x - ci) ** 2 for x, ci in zip(grids, c)) < r ** 2).float())
     labels = torch.stack(labels)[:, None]
     return data.to(device), labels.to(device)
-
-
-def ds_targets(labels: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [torch.nn.functional.interpolate(labels, size=o.shape[2:], mode="nearest") for o in outputs]
 
 
 class Steps:

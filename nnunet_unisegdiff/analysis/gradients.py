@@ -31,6 +31,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from nnunet_unisegdiff.model.plans import unet_plans
+
 OBJECTIVE_LABELS = {"eps": "eps target (uniform t)", "x0": "x0 target (uniform t)",
                     "staged": "staged objective (UniSegDiff)"}
 OUTPUT_STEM = "gradient_vs_timestep"
@@ -174,31 +176,9 @@ def plot_profile(profile: Mapping, path: str | Path, title: str = "") -> None:
 
 # ----------------------------------------------------------------------------- models and data
 def synthetic_plans(size: int = 64, num_channels: int = 3) -> dict:
-    """The 2d plan nnU-Net 2.8 makes for `size` x `size` RGB PNGs (PlainConvUNet, stages down to 4
-    pixels, 32 features doubling up to 512), for a model without a dataset."""
-    n = max(2, int(np.log2(size / 4)) + 1)
-    features = [min(32 * 2 ** i, 512) for i in range(n)]
-    kwargs = {"n_stages": n, "features_per_stage": features, "conv_op": "torch.nn.modules.conv.Conv2d",
-              "kernel_sizes": [[3, 3]] * n, "strides": [[1, 1]] + [[2, 2]] * (n - 1),
-              "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
-              "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-              "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
-    cfg = {"data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-           "patch_size": [size, size], "median_image_size_in_voxels": [size, size], "spacing": [1.0, 1.0],
-           "normalization_schemes": ["ZScoreNormalization"] * num_channels, "use_mask_for_norm": [False] * num_channels,
-           "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-           "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
-           "resampling_fn_probabilities": "resample_data_or_seg_to_shape", "resampling_fn_probabilities_kwargs": {},
-           "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                            "arch_kwargs": kwargs, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-           "batch_dice": True}
-    return {"dataset_name": "Dataset000_SyntheticInMemory", "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": [999.0, 1.0, 1.0],
-            "original_median_shape_after_transp": [1, size, size], "image_reader_writer": "NaturalImage2DIO",
-            "label_manager": "LabelManager",
-            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "foreground_intensity_properties_per_channel": {}, "configurations": {"2d": cfg}}
+    """The 2d plan nnU-Net makes for `size` x `size` RGB PNGs, for a model without a dataset."""
+    return unet_plans([size, size], num_channels=num_channels, dataset_name="Dataset000_SyntheticInMemory",
+                      original_spacing=(999.0, 1.0, 1.0))  # nnU-Net's spacing of natural 2D images
 
 
 def synthetic_dataset_json(num_channels: int = 3) -> dict:

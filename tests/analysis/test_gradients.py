@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_plans
 from nnunet_unisegdiff import cli
 from nnunet_unisegdiff.analysis import gradients
+from nnunet_unisegdiff.model.plans import tiny_plans
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 DATASET_JSON = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "lesion": 1},

@@ -8,7 +8,7 @@ from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
 from nnunet_unisegdiff.model.dnet import DNet
 from nnunet_unisegdiff.model.injection import DualCrossAttention, FeatureFusion
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
-from conftest import tiny_plans
+from nnunet_unisegdiff.model.plans import tiny_plans
 
 SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=SamplerConfig(draws_per_branch=2))
 

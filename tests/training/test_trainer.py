@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_plans
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.diffusion.staged import StagedObjective
+from nnunet_unisegdiff.model.plans import tiny_plans
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV, nnUNetTrainerUniSegDiff
 from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffNoDCA, nnUNetTrainerUniSegDiffUniformEps
 
