@@ -9,7 +9,7 @@ Steps (each a real nnU-Net command in a child process, with `nnUNet_extTrainer` 
 2. `nnUNetv2_plan_and_preprocess -c 2d`;
 3. `nnUNetv2_train ... -tr nnUNetTrainerUniSegDiffDemo` (CFENet, then DNet) and `nnUNetv2_predict
    --save_probabilities` on the held-out images;
-4. the same for `nnUNetTrainer_UniSegDiffDemo`, plain nnU-Net with the same epochs x iterations;
+4. the same for `nnUNetTrainerDemoBaseline`, plain nnU-Net with the same epochs x iterations;
 5. `unisegdiff uncertainty` on UniSegDiff's posteriors, `unisegdiff evaluate` of both methods and a
    report folder: metrics table, a figure grid (image / ground truth / UniSegDiff / baseline /
    uncertainty) and nnU-Net's training curves.
@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover
 DATASET_ID = 598
 DATASET_NAME = "UniSegDiffDemo"
 TRAINER = "nnUNetTrainerUniSegDiffDemo"
-BASELINE_TRAINER = "nnUNetTrainer_UniSegDiffDemo"
+BASELINE_TRAINER = "nnUNetTrainerDemoBaseline"
 METHOD, BASELINE = "UniSegDiff", "nnU-Net baseline"
 DEFAULT_ROOT = Path("unisegdiff_demo")
 RUN_MARKER = "demo.json"           # written first into every run folder: only such folders are replaced

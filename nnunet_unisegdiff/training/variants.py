@@ -93,7 +93,7 @@ class nnUNetTrainerUniSegDiffDemo(nnUNetTrainerUniSegDiff):
         self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
 
 
-class nnUNetTrainer_UniSegDiffDemo(nnUNetTrainer):
+class nnUNetTrainerDemoBaseline(nnUNetTrainer):
     """nnU-Net's baseline with the demo's budget: as many epochs x iterations in total as
     nnUNetTrainerUniSegDiffDemo's two phases together."""
 

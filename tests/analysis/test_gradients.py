@@ -116,7 +116,7 @@ def test_unknown_folder_and_non_unisegdiff_trainer_are_refused(tmp_path, capsys)
     assert cli.main(["gradients", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     assert "neither" in capsys.readouterr().err
     with pytest.raises(gradients.GradientError, match="not a UniSegDiff trainer"):
-        gradients.find_trainer_class("nnUNetTrainer_UniSegDiffDemo")
+        gradients.find_trainer_class("nnUNetTrainerDemoBaseline")
 
 
 def test_synthetic_plans_match_nnunets_plan_for_64px_rgb():
