@@ -1,5 +1,9 @@
 """`unisegdiff`: the plugin's command line. Each subcommand lives in its own module, which
-provides `register(subparsers)`; this file only lists them."""
+provides `register(subparsers)`; this file only lists them.
+
+Only the module of the command being run is imported (all of them for `--help`), so
+`unisegdiff trainer-dir`, which shells run inside `export nnUNet_extTrainer=$(...)`, stays quick.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,30 +11,33 @@ import importlib
 import sys
 from typing import Sequence
 
-# module path of each subcommand; each module defines `register(subparsers)` and sets `func`
-SUBCOMMAND_MODULES = (
-    "nnunet_unisegdiff.nnunet_ext",
-    "nnunet_unisegdiff.evaluation.evaluate",
-    "nnunet_unisegdiff.conversion.cli",
-    "nnunet_unisegdiff.demo.runner",
-    "nnunet_unisegdiff.evaluation.uncertainty",
-    "nnunet_unisegdiff.analysis.gradients",
-)
+# subcommand -> its module; each module defines `register(subparsers)`, which sets `func`
+SUBCOMMANDS = {
+    "trainer-dir": "nnunet_unisegdiff.nnunet_ext",
+    "evaluate": "nnunet_unisegdiff.evaluation.evaluate",
+    "convert": "nnunet_unisegdiff.conversion.cli",
+    "demo": "nnunet_unisegdiff.demo.runner",
+    "uncertainty": "nnunet_unisegdiff.evaluation.uncertainty",
+    "gradients": "nnunet_unisegdiff.analysis.gradients",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or only `command`'s when it is one of them."""
     parser = argparse.ArgumentParser(
         prog="unisegdiff",
         description="UniSegDiff staged-diffusion lesion segmentation for nnU-Net v2.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    names = [command] if command in SUBCOMMANDS else list(SUBCOMMANDS)
+    for name in names:
+        importlib.import_module(SUBCOMMANDS[name]).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -25,13 +25,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
+import matplotlib
 
-from nnunet_unisegdiff.model.plans import unet_plans
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class  # noqa: E402
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss  # noqa: E402
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss  # noqa: E402
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name  # noqa: E402
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels  # noqa: E402
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
+
+from nnunet_unisegdiff.conversion.registry import BINARY, RGB  # noqa: E402
+from nnunet_unisegdiff.conversion.synthetic import generate_cases  # noqa: E402
+from nnunet_unisegdiff.diffusion.staged import StagedObjective, phase_b_loss  # noqa: E402
+from nnunet_unisegdiff.model.plans import unet_plans  # noqa: E402
+from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR  # noqa: E402
+from nnunet_unisegdiff.training import variants  # noqa: E402
+from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff  # noqa: E402
 
 OBJECTIVE_LABELS = {"eps": "eps target (uniform t)", "x0": "x0 target (uniform t)",
                     "staged": "staged objective (UniSegDiff)"}
@@ -45,7 +65,6 @@ class GradientError(ValueError):
 # ----------------------------------------------------------------------------- measurement
 def objectives(staged=None) -> dict:
     """The three objectives compared, as `StagedObjective`s (the staged one may be a trainer's)."""
-    from nnunet_unisegdiff.diffusion.staged import StagedObjective
     staged = staged if staged is not None and staged.mode == "staged" else StagedObjective()
     return {"eps": StagedObjective(mode="uniform-eps", diffusion=staged.diffusion),
             "x0": StagedObjective(mode="uniform-x0", diffusion=staged.diffusion),
@@ -66,10 +85,6 @@ def objective_gradients(network, cond, images_batch: int, labels, seg_loss, obje
     """{parameter name: gradient} of DNet for one objective at drawn timestep t, restricted to the
     parameters it trains. cond: CFENet's condition features for the batch; labels: (B, 1, *spatial);
     eps: (B, C, *spatial) noise."""
-    import torch
-
-    from nnunet_unisegdiff.diffusion.staged import phase_b_loss
-
     dnet = network.dnet
     tt = torch.full((images_batch,), int(t), device=labels.device, dtype=torch.long)
     targets = objective.targets(tt)
@@ -101,8 +116,6 @@ def gradient_profile(network, images, labels, seg_loss, timesteps: Sequence[int]
                      seed: int = 0, staged_objective=None) -> dict:
     """Mean gradient magnitude per objective and timestep. images: (B, C_in, *spatial),
     labels: (B, 1, *spatial). Returns {"timesteps", "objectives": {name: {...}}}."""
-    import torch
-
     network.freeze_cfenet = True
     network.train()
     network.cfenet.requires_grad_(False)
@@ -133,11 +146,6 @@ def gradient_profile(network, images, labels, seg_loss, timesteps: Sequence[int]
 
 # ----------------------------------------------------------------------------- plot
 def plot_profile(profile: Mapping, path: str | Path, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
-
     t = np.array(profile["timesteps"])
     objs = profile["objectives"]
     staged = objs.get("staged", {}).get("objective", {"low": 300, "high": 600})
@@ -182,22 +190,15 @@ def synthetic_plans(size: int = 64, num_channels: int = 3) -> dict:
 
 
 def synthetic_dataset_json(num_channels: int = 3) -> dict:
-    names = {"0": "R", "1": "G", "2": "B"} if num_channels == 3 else {str(i): f"c{i}" for i in range(num_channels)}
-    return {"channel_names": names, "labels": {"background": 0, "lesion": 1}, "numTraining": 0, "file_ending": ".png"}
+    names = {str(k): v for k, v in RGB.items()} if num_channels == 3 else {str(i): f"c{i}" for i in range(num_channels)}
+    return {"channel_names": names, "labels": dict(BINARY), "numTraining": 0, "file_ending": ".png"}
 
 
 def find_trainer_class(name: str):
     """One of our trainer classes by name (the package's variants first, then nnU-Net's search
     including nnUNet_extTrainer, as nnUNetv2_predict does)."""
-    import os
-
-    from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
-    from nnunet_unisegdiff.training import variants
-    from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
-
     cls = getattr(variants, name, None)
     if cls is None:
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         previous = os.environ.get("nnUNet_extTrainer")
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINER_DIR), previous) if p)
         try:
@@ -216,11 +217,6 @@ def find_trainer_class(name: str):
 
 def build_model(trainer_cls, plans: dict, dataset_json: dict, configuration: str):
     """(network, plans manager, configuration manager, seg loss) as the trainer builds them."""
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     pm = PlansManager(plans)
     if configuration not in pm.available_configurations:
         raise GradientError(f"configuration {configuration!r} not in the plans ({', '.join(pm.available_configurations)})")
@@ -253,8 +249,6 @@ def _crop_or_pad(array: np.ndarray, patch: Sequence[int], centre: Sequence[float
 def load_preprocessed_batch(folder: Path, cm, batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A batch of preprocessed cases (lesion cases first), cropped around the lesion to the patch
     size; 2d configurations take each case's slice with the most foreground."""
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
     data_dir = folder / cm.data_identifier
     if not data_dir.is_dir():
         raise GradientError(f"no preprocessed data in {data_dir}: run nnUNetv2_plan_and_preprocess first, "
@@ -262,7 +256,7 @@ def load_preprocessed_batch(folder: Path, cm, batch_size: int, seed: int = 0) ->
     dataset = infer_dataset_class(str(data_dir))(str(data_dir))
     ids = list(dataset.identifiers)
     np.random.default_rng(seed).shuffle(ids)
-    images, labels, used, spare = [], [], [], []
+    images, spare = [], []
     patch = list(cm.patch_size)
     for case in ids:
         data, seg, _, _ = dataset.load_case(case)
@@ -287,8 +281,6 @@ def load_preprocessed_batch(folder: Path, cm, batch_size: int, seed: int = 0) ->
 def synthetic_batch(batch_size: int, size: int, seed: int = 12345) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Cases of the synthetic generator (with lesions), z-scored per channel like nnU-Net's
     ZScoreNormalization: images (B, 3, size, size), labels (B, 1, size, size)."""
-    from nnunet_unisegdiff.conversion.synthetic import generate_cases
-
     cases = [c for c in generate_cases(3 * batch_size, seed=seed, size=size, empty_fraction=0.0)][:batch_size]
     images = np.stack([c.image.transpose(2, 0, 1).astype(np.float32) for c in cases])
     mean, std = images.mean(axis=(2, 3), keepdims=True), images.std(axis=(2, 3), keepdims=True)
@@ -310,43 +302,51 @@ def model_dir_kind(folder: Path | None, plans_name: str = "nnUNetPlans") -> str:
                         f"dataset folder ({plans_name}.json, dataset.json)")
 
 
-def run(model_dir: Path | None, out_dir: Path, *, fold: int = 0, checkpoint: str = "checkpoint_final.pth",
-        configuration: str = "2d", plans_name: str = "nnUNetPlans", trainer: str = "nnUNetTrainerUniSegDiff",
-        data: str = "auto", preprocessed: Path | None = None, size: int = 64, batch_size: int = 4,
-        num_timesteps: int = 20, repeats: int = 2, seed: int = 0, device: str = "cpu") -> dict:
-    import os
+@dataclass
+class ModelSource:
+    """What the model is built from: plans, dataset.json and trainer, and trained weights if any."""
+    plans: dict
+    dataset_json: dict
+    configuration: str
+    trainer: str
+    state: dict | None
+    info: dict
+    preprocessed: Path | None  # where its preprocessed cases are, if known
 
-    import torch
 
+def model_source(model_dir: Path | None, *, fold: int, checkpoint: str, configuration: str, plans_name: str,
+                 trainer: str, size: int, preprocessed: Path | None) -> ModelSource:
+    """A trainer folder's checkpoint, a preprocessed dataset's plans, or the synthetic plan."""
     kind = model_dir_kind(model_dir, plans_name)
-    state, model_info = None, {"source": "freshly initialised", "trainer": trainer}
+    fresh = {"source": "freshly initialised", "trainer": trainer}
     if kind == "trainer":
-        ckpt_file = model_dir / f"fold_{fold}" / checkpoint
-        if not ckpt_file.is_file():
-            raise GradientError(f"no checkpoint {ckpt_file}")
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-        trainer = ckpt["trainer_name"]
-        plans = json.loads((model_dir / "plans.json").read_text())
-        dataset_json = json.loads((model_dir / "dataset.json").read_text())
-        configuration = ckpt.get("init_args", {}).get("configuration", configuration)
-        state = ckpt["network_weights"]
-        model_info = {"source": "trained", "trainer": trainer, "checkpoint": str(ckpt_file),
-                      "epoch": ckpt.get("current_epoch")}
-        if preprocessed is None and os.environ.get("nnUNet_preprocessed"):
-            preprocessed = Path(os.environ["nnUNet_preprocessed"]) / plans["dataset_name"]
-    elif kind == "preprocessed":
-        plans = json.loads((model_dir / f"{plans_name}.json").read_text())
-        dataset_json = json.loads((model_dir / "dataset.json").read_text())
-        preprocessed = preprocessed or model_dir
-    else:
-        plans, dataset_json, configuration = synthetic_plans(size), synthetic_dataset_json(), "2d"
-    trainer_cls = find_trainer_class(trainer)
-    network, pm, cm, seg_loss = build_model(trainer_cls, plans, dataset_json, configuration)
-    if state is not None:
-        network.load_state_dict(state)
-    model_info["dnet_trained"] = bool(network.dnet_trained)
-    model_info["dnet_parameters"] = sum(p.numel() for p in network.dnet.parameters())
+        return _trained_source(model_dir, fold, checkpoint, configuration, preprocessed)
+    if kind == "preprocessed":
+        return ModelSource(json.loads((model_dir / f"{plans_name}.json").read_text()),
+                           json.loads((model_dir / "dataset.json").read_text()), configuration, trainer, None,
+                           fresh, preprocessed or model_dir)
+    return ModelSource(synthetic_plans(size), synthetic_dataset_json(), "2d", trainer, None, fresh, preprocessed)
 
+
+def _trained_source(model_dir: Path, fold: int, checkpoint: str, configuration: str,
+                    preprocessed: Path | None) -> ModelSource:
+    ckpt_file = model_dir / f"fold_{fold}" / checkpoint
+    if not ckpt_file.is_file():
+        raise GradientError(f"no checkpoint {ckpt_file}")
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    plans = json.loads((model_dir / "plans.json").read_text())
+    if preprocessed is None and os.environ.get("nnUNet_preprocessed"):
+        preprocessed = Path(os.environ["nnUNet_preprocessed"]) / plans["dataset_name"]
+    info = {"source": "trained", "trainer": ckpt["trainer_name"], "checkpoint": str(ckpt_file),
+            "epoch": ckpt.get("current_epoch")}
+    return ModelSource(plans, json.loads((model_dir / "dataset.json").read_text()),
+                       ckpt.get("init_args", {}).get("configuration", configuration), ckpt["trainer_name"],
+                       ckpt["network_weights"], info, preprocessed)
+
+
+def load_batch(data: str, cm, dataset_json: dict, preprocessed: Path | None, batch_size: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(images, labels, description) of the fixed batch: preprocessed cases or synthetic ones."""
     if data == "auto":
         data = "preprocessed" if preprocessed is not None and (Path(preprocessed) / cm.data_identifier).is_dir() \
             else "synthetic"
@@ -354,7 +354,7 @@ def run(model_dir: Path | None, out_dir: Path, *, fold: int = 0, checkpoint: str
         if preprocessed is None:
             raise GradientError("--data preprocessed needs MODEL_DIR or --preprocessed")
         images, labels, cases = load_preprocessed_batch(Path(preprocessed), cm, batch_size, seed)
-        data_info = {"source": "preprocessed", "folder": str(preprocessed)}
+        info = {"source": "preprocessed", "folder": str(preprocessed)}
     else:
         patch = list(cm.patch_size)
         if len(patch) != 2 or patch[0] != patch[1]:
@@ -363,8 +363,25 @@ def run(model_dir: Path | None, out_dir: Path, *, fold: int = 0, checkpoint: str
             raise GradientError("the synthetic generator makes RGB images; this model takes "
                                 f"{len(dataset_json['channel_names'])} input channels")
         images, labels, cases = synthetic_batch(batch_size, patch[0])
-        data_info = {"source": "synthetic generator (in memory)"}
-    data_info.update(cases=cases, patch_size=list(images.shape[2:]), batch_size=len(cases))
+        info = {"source": "synthetic generator (in memory)"}
+    info.update(cases=cases, patch_size=list(images.shape[2:]), batch_size=len(cases))
+    return images, labels, info
+
+
+def run(model_dir: Path | None, out_dir: Path, *, fold: int = 0, checkpoint: str = "checkpoint_final.pth",
+        configuration: str = "2d", plans_name: str = "nnUNetPlans", trainer: str = "nnUNetTrainerUniSegDiff",
+        data: str = "auto", preprocessed: Path | None = None, size: int = 64, batch_size: int = 4,
+        num_timesteps: int = 20, repeats: int = 2, seed: int = 0, device: str = "cpu") -> dict:
+    """Measure the profile of one model on one batch, write its plot and JSON to `out_dir`."""
+    src = model_source(model_dir, fold=fold, checkpoint=checkpoint, configuration=configuration,
+                       plans_name=plans_name, trainer=trainer, size=size, preprocessed=preprocessed)
+    trainer_cls = find_trainer_class(src.trainer)
+    network, pm, cm, seg_loss = build_model(trainer_cls, src.plans, src.dataset_json, src.configuration)
+    if src.state is not None:
+        network.load_state_dict(src.state)
+    model_info = dict(src.info, dnet_trained=bool(network.dnet_trained),
+                      dnet_parameters=sum(p.numel() for p in network.dnet.parameters()))
+    images, labels, data_info = load_batch(data, cm, src.dataset_json, src.preprocessed, batch_size, seed)
 
     dev = torch.device(device)
     network = network.to(dev)
@@ -373,12 +390,12 @@ def run(model_dir: Path | None, out_dir: Path, *, fold: int = 0, checkpoint: str
                                seg_loss, timesteps, repeats=repeats, seed=seed,
                                staged_objective=getattr(trainer_cls, "objective", None))
     profile.update(model=model_info, data=data_info,
-                   settings={"repeats": repeats, "seed": seed, "device": device, "configuration": configuration},
+                   settings={"repeats": repeats, "seed": seed, "device": device, "configuration": src.configuration},
                    definition="mean |dL/dtheta| over the DNet parameters the objective trains, one backward pass "
                               "per timestep and noise draw on a fixed batch; mean and std over the draws")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{OUTPUT_STEM}.json").write_text(json.dumps(profile, indent=1) + "\n")
-    title = (f"DNet mean gradient magnitude vs timestep: {model_info['source']} {trainer}, "
+    title = (f"DNet mean gradient magnitude vs timestep: {model_info['source']} {src.trainer}, "
              f"{data_info['source'].split(' ')[0]} data (paper Fig. 1, top left)")
     plot_profile(profile, out_dir / f"{OUTPUT_STEM}.png", title)
     return profile
