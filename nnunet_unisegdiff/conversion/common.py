@@ -42,7 +42,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -227,15 +227,6 @@ def read_mask(path: Path | str, threshold: int = 128) -> np.ndarray:
     if a.max() <= 1:
         return (a > 0.5).astype(np.uint8)
     return (a >= threshold).astype(np.uint8)
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """(H,W) or (H,W,1) grey -> (H,W,3); RGB unchanged; RGBA -> RGB."""
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    return image[..., :3]
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -523,8 +514,3 @@ def read_sources(dataset_folder: Path | str) -> dict[str, dict]:
 
 def load_summary(dataset_folder: Path | str) -> dict:
     return json.loads((Path(dataset_folder) / "conversion_summary.json").read_text())
-
-
-def iter_cases(items: Iterable[Case | Orphan]) -> Iterator[Case]:
-    """Only the `Case`s of a reader's output (handy in tests)."""
-    return (c for c in items if isinstance(c, Case))

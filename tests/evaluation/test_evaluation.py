@@ -256,3 +256,12 @@ def test_table3_markdown_puts_methods_side_by_side():
     assert md.splitlines()[0] == "| Method | WA mDice | WA mIoU | all mDice | all mIoU |"
     assert md.splitlines()[2] == "| UniSegDiff | 87.1 | 78.1 | 80.0 | 70.0 |"
     assert md.splitlines()[3] == "| UNet | 86.8 \u00b1 0.5 | 77.6 \u00b1 0.7 |  |  |"
+
+
+def test_summaries_of_two_evaluations_combine_into_one_table_as_the_readme_shows(tmp_path):
+    pred, gt = write_cases(tmp_path, {"a": (GT3, PRED3), "b": (GT3, GT3)})
+    a = ev.write_outputs(ev.evaluate_folder(pred, gt, name="UniSegDiff"), tmp_path / "a")["json"]
+    b = ev.write_outputs(ev.evaluate_folder(gt, gt, name="UNet"), tmp_path / "b")["json"]
+    md = report.table3_markdown([report.load_summary(a), report.load_summary(b)])
+    assert md.splitlines()[2].startswith("| UniSegDiff | 83.3 | 75.0 |")
+    assert md.splitlines()[3].startswith("| UNet | 100.0 | 100.0 |")
