@@ -45,6 +45,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+from tqdm import tqdm
+
+from . import splits as splits_mod
 
 log = logging.getLogger("dataset_conversion")
 
@@ -324,6 +328,144 @@ class Summary:
         return "\n".join(lines)
 
 
+def _check_declaration(dataset_id: int, name: str, channel_names: dict, labels: dict) -> None:
+    """Refuse an ID, name, label set or channel count nnU-Net would not accept for 2D PNGs."""
+    if not 0 < int(dataset_id) < 1000:
+        raise ValueError(f"dataset_id must be 1..999, got {dataset_id}")
+    if 1 <= int(dataset_id) <= 10:
+        warnings.warn(f"dataset ID {dataset_id} is reserved for the Medical Segmentation Decathlon")
+    sanitize_id(name)
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or "__" in name:
+        raise ValueError(f"dataset name {name!r}: use only letters, digits, '-' and single '_'")
+    label_values = sorted(int(v) for v in labels.values())
+    if label_values != list(range(len(label_values))) or labels.get("background") != 0:
+        raise ValueError(f"labels must be consecutive from background=0, got {labels}")
+    if len(channel_names) not in (1, 3):
+        raise ValueError("2D PNG datasets have 1 (grey) or 3 (RGB) channels")
+
+
+@dataclass
+class _Targets:
+    """Where a dataset goes, and what of the same ID is already there."""
+    root: Path                 # nnUNet_raw
+    dataset_name: str          # DatasetXXX_Name
+    existing: list[Path]       # raw folders of this ID (replaced only with overwrite)
+    pre_root: Path | None      # nnUNet_preprocessed, if known
+
+    @property
+    def target(self) -> Path:
+        return self.root / self.dataset_name
+
+
+def _resolve_targets(out_root, preprocessed_root, dataset_id: int, name: str, overwrite: bool) -> _Targets:
+    root = _resolve_root(out_root, "nnUNet_raw")
+    if root is None:
+        raise LayoutError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (or pass out_root)")
+    dataset_name = f"Dataset{int(dataset_id):03d}_{name}"
+    existing = _existing(root, int(dataset_id))
+    if existing and not overwrite:
+        raise DatasetExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
+    pre_root = _resolve_root(preprocessed_root, "nnUNet_preprocessed")
+    for other in _existing(pre_root, int(dataset_id)) if pre_root else []:
+        if other.name != dataset_name:
+            raise DatasetExistsError(f"{other} holds another dataset with ID {dataset_id}; nnU-Net would "
+                                     f"not know which one to use. Remove it or choose another ID")
+    return _Targets(root, dataset_name, existing, pre_root)
+
+
+@dataclass
+class _CaseWriter:
+    """Validates and writes the cases of one dataset into the temporary folder `tmp`, keeping the
+    per-case source table and the counts of the summary."""
+    tmp: Path
+    summary: Summary
+    name: str
+    num_channels: int
+    num_labels: int
+    skip_bad: bool
+    progress: bool
+    quiet: bool
+    table: dict[str, dict] = field(default_factory=dict)
+    label_counter: Counter = field(default_factory=Counter)
+    train_groups: dict[str, str | None] = field(default_factory=dict)
+    train_sources: dict[str, str] = field(default_factory=dict)
+
+    def write_all(self, items: Iterable[Case | Orphan], subset: str) -> int:
+        """Write every usable case of `items` to images{subset}/ (labels{subset}/); the count written."""
+        (self.tmp / f"images{subset}").mkdir()
+        total = len(items) if hasattr(items, "__len__") else None
+        bar = tqdm(items, total=total, desc=f"{self.summary.dataset} {subset}", unit="case",
+                   disable=not self.progress, file=sys.stderr, leave=False)
+        n = 0
+        for item in bar:
+            if isinstance(item, Orphan):
+                self.summary.orphans_skipped.append(f"{item.path}: {item.problem}")
+                log.warning("skipped %s: %s", item.path, item.problem)
+                continue
+            try:
+                image, label = self._checked(item, subset)
+            except BadPairError as e:
+                if not self.skip_bad:
+                    raise
+                self.summary.bad_pairs_skipped.append(str(e))
+                log.warning("skipped bad pair: %s", e)
+                if not self.quiet:
+                    bar.write(f"skipped bad pair: {e}", file=sys.stderr)
+                continue
+            self._store(item, image, label, subset)
+            n += 1
+        bar.close()
+        return n
+
+    def _checked(self, item: Case, subset: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if not _ID_OK.match(item.case_id or ""):
+            raise BadPairError(f"{item.origin}: invalid case ID {item.case_id!r} (use [A-Za-z0-9_-])")
+        if item.case_id in self.table:
+            raise BadPairError(f"{item.origin}: duplicate case ID {item.case_id!r} "
+                               f"(also {self.table[item.case_id]['origin']})")
+        try:
+            image, label = item.arrays()
+        except OSError as e:  # unreadable/truncated file inside a lazy loader
+            raise BadPairError(f"{item.origin or item.case_id}: cannot read ({e})") from None
+        if label is None and subset == "Tr":
+            raise BadPairError(f"{item.origin}: training case without label")
+        return validate_pair(image, label, num_channels=self.num_channels, num_labels=self.num_labels,
+                             origin=item.origin)
+
+    def _store(self, item: Case, image: np.ndarray, label: np.ndarray | None, subset: str) -> None:
+        _png(self.tmp / f"images{subset}" / f"{item.case_id}_0000.png", image)
+        if label is not None:
+            (self.tmp / f"labels{subset}").mkdir(exist_ok=True)
+            _png(self.tmp / f"labels{subset}" / f"{item.case_id}.png", label)
+        self.table[item.case_id] = {"source": item.source, "group": item.group, "subset": subset,
+                                    "origin": item.origin, **item.meta}
+        if subset == "Tr":
+            present = np.unique(label)
+            self.label_counter.update(int(v) for v in present)
+            self.summary.empty_masks += int(present.max() == 0)
+            self.train_groups[item.case_id] = item.group
+            self.train_sources[item.case_id] = item.source or self.name
+
+
+def _splits(writer: _CaseWriter, folds, seed: int, stratify_by_source: bool) -> list[dict] | None:
+    """The training cases' splits (and the summary's group counts and split level)."""
+    summary, groups = writer.summary, writer.train_groups
+    ids = sorted(groups)
+    grouped = [g for g in groups.values() if g is not None]
+    summary.groups_found = len(set(grouped))
+    summary.ungrouped_cases = len(ids) - len(grouped)
+    if callable(folds):
+        summary.split_level = "given"
+        return folds(ids)
+    if folds is None:
+        return None
+    strata = [writer.train_sources[i] for i in ids] if stratify_by_source else None
+    split_json, summary.split_level = splits_mod.make_splits(ids, [groups[i] for i in ids],
+                                                             n_folds=splits_mod.num_folds(folds), seed=seed,
+                                                             strata=strata)
+    return split_json
+
+
 def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str, channel_names: dict,
                   labels: dict, out_root: Path | str | None = None, overwrite: bool = False,
                   skip_bad: bool = False, folds: str | int | None = "5", seed: int = 12345,
@@ -344,154 +486,56 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
     stratify_by_source: split each source on its own and join fold k of all (merged datasets).
     test_cases: optional held-out cases written to `imagesTs/` (+ `labelsTs/` when labelled).
     """
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-    from tqdm import tqdm
-
-    from . import splits as splits_mod
-
-    if not 0 < int(dataset_id) < 1000:
-        raise ValueError(f"dataset_id must be 1..999, got {dataset_id}")
-    if 1 <= int(dataset_id) <= 10:
-        warnings.warn(f"dataset ID {dataset_id} is reserved for the Medical Segmentation Decathlon")
-    sanitize_id(name)
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or "__" in name:
-        raise ValueError(f"dataset name {name!r}: use only letters, digits, '-' and single '_'")
-    label_values = sorted(int(v) for v in labels.values())
-    if label_values != list(range(len(label_values))) or labels.get("background") != 0:
-        raise ValueError(f"labels must be consecutive from background=0, got {labels}")
-    num_channels = len(channel_names)
-    if num_channels not in (1, 3):
-        raise ValueError("2D PNG datasets have 1 (grey) or 3 (RGB) channels")
-
-    root = _resolve_root(out_root, "nnUNet_raw")
-    if root is None:
-        raise LayoutError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (or pass out_root)")
-    dataset_name = f"Dataset{int(dataset_id):03d}_{name}"
-    target = root / dataset_name
-    existing = _existing(root, int(dataset_id))
-    if existing and not overwrite:
-        raise DatasetExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
-    pre_root = _resolve_root(preprocessed_root, "nnUNet_preprocessed")
-    for other in _existing(pre_root, int(dataset_id)) if pre_root else []:
-        if other.name != dataset_name:
-            raise DatasetExistsError(f"{other} holds another dataset with ID {dataset_id}; nnU-Net would "
-                                     f"not know which one to use. Remove it or choose another ID")
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{dataset_name}_", dir=root))
-    summary = Summary(dataset=dataset_name, path=str(target))
+    _check_declaration(dataset_id, name, channel_names, labels)
+    where = _resolve_targets(out_root, preprocessed_root, dataset_id, name, overwrite)
+    where.root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{where.dataset_name}_", dir=where.root))
+    summary = Summary(dataset=where.dataset_name, path=str(where.target))
+    writer = _CaseWriter(tmp, summary, name, len(channel_names), len(labels), skip_bad, progress, quiet)
     try:
-        table: dict[str, dict] = {}
-        label_counter: Counter = Counter()
-        src_counter: Counter = Counter()
-        train_groups: dict[str, str | None] = {}
-        train_sources: dict[str, str] = {}
-
-        def write_all(items, subset: str) -> int:
-            img_dir, lab_dir = tmp / f"images{subset}", tmp / f"labels{subset}"
-            img_dir.mkdir()
-            n = 0
-            total = len(items) if hasattr(items, "__len__") else None
-            bar = tqdm(items, total=total, desc=f"{dataset_name} {subset}", unit="case",
-                       disable=not progress, file=sys.stderr, leave=False)
-            for item in bar:
-                if isinstance(item, Orphan):
-                    summary.orphans_skipped.append(f"{item.path}: {item.problem}")
-                    log.warning("skipped %s: %s", item.path, item.problem)
-                    continue
-                try:
-                    if not _ID_OK.match(item.case_id or ""):
-                        raise BadPairError(f"{item.origin}: invalid case ID {item.case_id!r} (use [A-Za-z0-9_-])")
-                    if item.case_id in table:
-                        raise BadPairError(f"{item.origin}: duplicate case ID {item.case_id!r} "
-                                           f"(also {table[item.case_id]['origin']})")
-                    try:
-                        image, label = item.arrays()
-                    except OSError as e:  # unreadable/truncated file inside a lazy loader
-                        raise BadPairError(f"{item.origin or item.case_id}: cannot read ({e})") from None
-                    if label is None and subset == "Tr":
-                        raise BadPairError(f"{item.origin}: training case without label")
-                    image, label = validate_pair(image, label, num_channels=num_channels,
-                                                 num_labels=len(label_values), origin=item.origin)
-                except BadPairError as e:
-                    if not skip_bad:
-                        raise
-                    summary.bad_pairs_skipped.append(str(e))
-                    log.warning("skipped bad pair: %s", e)
-                    if not quiet:
-                        bar.write(f"skipped bad pair: {e}", file=sys.stderr)
-                    continue
-                _png(img_dir / f"{item.case_id}_0000.png", image)
-                if label is not None:
-                    lab_dir.mkdir(exist_ok=True)
-                    _png(lab_dir / f"{item.case_id}.png", label)
-                table[item.case_id] = {"source": item.source, "group": item.group, "subset": subset,
-                                       "origin": item.origin, **item.meta}
-                if subset == "Tr":
-                    present = np.unique(label)
-                    label_counter.update(int(v) for v in present)
-                    summary.empty_masks += int(present.max() == 0)
-                    src_counter[item.source or name] += 1
-                    train_groups[item.case_id] = item.group
-                    train_sources[item.case_id] = item.source or name
-                n += 1
-            bar.close()
-            return n
-
-        summary.cases_written = write_all(cases, "Tr")
-        if summary.cases_written == 0:
-            raise LayoutError(f"no usable cases found for {dataset_name}"
-                              + (f" ({len(summary.orphans_skipped)} orphans, "
-                                 f"{len(summary.bad_pairs_skipped)} bad pairs skipped)"
-                                 if summary.orphans_skipped or summary.bad_pairs_skipped else ""))
-        if test_cases is not None:
-            summary.test_cases_written = write_all(test_cases, "Ts")
-        summary.label_counts = {str(k): label_counter[k] for k in sorted(label_counter)}
-        summary.sources = dict(src_counter)
-
+        _write_cases(writer, cases, test_cases)
         generate_dataset_json(
             str(tmp), channel_names=dict(channel_names), labels=dict(labels),
-            num_training_cases=summary.cases_written, file_ending=".png", dataset_name=dataset_name,
+            num_training_cases=summary.cases_written, file_ending=".png", dataset_name=where.dataset_name,
             description=description, reference=reference, release=release,
             license=license or "see the original dataset's licence",
             converted_by="nnunet_unisegdiff dataset_conversion")
-
-        _write_table(tmp, table)
-
-        ids = sorted(train_groups)
-        grouped = [g for g in train_groups.values() if g is not None]
-        summary.groups_found = len(set(grouped))
-        summary.ungrouped_cases = len(ids) - len(grouped)
-        split_json = None
-        if callable(folds):
-            split_json, summary.split_level = folds(ids), "given"
-        elif folds is not None:
-            n_folds = splits_mod.num_folds(folds)
-            split_json, level = splits_mod.make_splits(ids, [train_groups[i] for i in ids],
-                                                       n_folds=n_folds, seed=seed,
-                                                       strata=[train_sources[i] for i in ids]
-                                                       if stratify_by_source else None)
-            summary.split_level = level
+        _write_table(tmp, writer.table)
+        split_json = _splits(writer, folds, seed, stratify_by_source)
         if split_json:
             summary.folds = len(split_json)
             (tmp / "splits_final.json").write_text(json.dumps(split_json, indent=1))
-            summary.splits_file = str((pre_root / dataset_name if pre_root else target) / "splits_final.json")
+            summary.splits_file = str((where.pre_root / where.dataset_name if where.pre_root else where.target)
+                                      / "splits_final.json")
         (tmp / "conversion_summary.json").write_text(json.dumps(asdict(summary), indent=1))
-
-        # complete: move into place
-        for old in existing:
+        for old in where.existing:  # complete: move into place
             shutil.rmtree(old)
-        os.replace(tmp, target)
+        os.replace(tmp, where.target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-    if split_json and pre_root is not None:
-        splits_mod.write_splits(split_json, dataset_name, pre_root)
+    if split_json and where.pre_root is not None:
+        splits_mod.write_splits(split_json, where.dataset_name, where.pre_root)
     if not quiet:
         print(summary.text())
     log.info(summary.text())
-    return target
+    return where.target
+
+
+def _write_cases(writer: _CaseWriter, cases: Iterable[Case | Orphan],
+                 test_cases: Iterable[Case | Orphan] | None) -> None:
+    """Training cases (at least one must be usable), then the held-out ones; fills the summary."""
+    summary = writer.summary
+    summary.cases_written = writer.write_all(cases, "Tr")
+    if summary.cases_written == 0:
+        raise LayoutError(f"no usable cases found for {summary.dataset}"
+                          + (f" ({len(summary.orphans_skipped)} orphans, "
+                             f"{len(summary.bad_pairs_skipped)} bad pairs skipped)"
+                             if summary.orphans_skipped or summary.bad_pairs_skipped else ""))
+    if test_cases is not None:
+        summary.test_cases_written = writer.write_all(test_cases, "Ts")
+    summary.label_counts = {str(k): writer.label_counter[k] for k in sorted(writer.label_counter)}
+    summary.sources = dict(Counter(writer.train_sources.values()))
 
 
 def _write_table(folder: Path, table: dict[str, dict]) -> None:
