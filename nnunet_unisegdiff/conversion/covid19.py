@@ -100,16 +100,9 @@ def _dirs_named(source_dir: Path, names: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in source_dir.rglob("*") if p.is_dir() and p.name.lower() in names)
 
 
-def find_volumes(source_dir: Path, effusion: str = "keep") -> tuple[list[Volume], list[Orphan]]:
-    """All image/mask volume pairs under `source_dir` (any mix of Ma and MedSeg) and the orphans."""
-    source_dir = Path(source_dir)
-    if not source_dir.is_dir():
-        raise LayoutError(f"{source_dir}: folder not found")
-    vols: list[Volume] = []
-    orphans: list[Orphan] = []
-    medseg_values = (1, 2, 3) if effusion == "keep" else (1, 2)
-
-    # Ma et al.
+def _ma_volumes(source_dir: Path) -> tuple[list[Volume], list[Orphan]]:
+    """Ma et al.: images and infection masks in their own folders, paired on the case key."""
+    vols, orphans = [], []
     images: dict[str, Path] = {}
     for d in _dirs_named(source_dir, MA_IMAGE_DIRS):
         for p in _niftis(d):
@@ -130,27 +123,39 @@ def find_volumes(source_dir: Path, effusion: str = "keep") -> tuple[list[Volume]
             vols.append(Volume(key, images[key], masks[key][0], ma_group(key), masks[key][1]))
         else:
             orphans.append(Orphan(str(images[key]), "image without infection mask"))
+    return vols, orphans
 
-    # MedSeg dataset 1: tr_im / tr_mask stacks
+
+def _medseg_volumes(source_dir: Path, values: tuple[int, ...]) -> tuple[list[Volume], list[Orphan]]:
+    """MedSeg dataset 1 (tr_im / tr_mask stacks, no patients) and 2 (rp_im/<k> + rp_msk/<k>)."""
+    vols, orphans = [], []
     for im in sorted(p for p in source_dir.rglob("tr_im.nii*") if p.is_file()):
         mask = next((im.with_name(f"tr_mask{ext}") for ext in NII if im.with_name(f"tr_mask{ext}").is_file()), None)
         if mask is None:
             orphans.append(Orphan(str(im), "image without mask (tr_mask.nii.gz)"))
         else:
-            vols.append(Volume("medseg_tr", im, mask, None, medseg_values))
-
-    # MedSeg dataset 2: rp_im/<k> + rp_msk/<k>
+            vols.append(Volume("medseg_tr", im, mask, None, values))
     for d in sorted(p for p in source_dir.rglob("rp_im") if p.is_dir()):
         mdir = d.with_name("rp_msk")
         by_stem = {_stem(p): p for p in _niftis(mdir)} if mdir.is_dir() else {}
         for p in _niftis(d):
             k = _stem(p)
             if k in by_stem:
-                vols.append(Volume(f"medseg_rp_{sanitize_id(k)}", p, by_stem[k], f"medseg_rp_{sanitize_id(k)}",
-                                   medseg_values))
+                key = f"medseg_rp_{sanitize_id(k)}"
+                vols.append(Volume(key, p, by_stem[k], key, values))
             else:
                 orphans.append(Orphan(str(p), "image without mask in rp_msk/"))
+    return vols, orphans
 
+
+def find_volumes(source_dir: Path, effusion: str = "keep") -> tuple[list[Volume], list[Orphan]]:
+    """All image/mask volume pairs under `source_dir` (any mix of Ma and MedSeg) and the orphans."""
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise LayoutError(f"{source_dir}: folder not found")
+    ma, ma_orphans = _ma_volumes(source_dir)
+    medseg, medseg_orphans = _medseg_volumes(source_dir, (1, 2, 3) if effusion == "keep" else (1, 2))
+    vols = ma + medseg
     if not vols:
         zips = sorted(p.name for p in source_dir.rglob("*.zip"))
         hint = f"; unpack these first: {', '.join(zips)}" if zips else ""
@@ -158,7 +163,7 @@ def find_volumes(source_dir: Path, effusion: str = "keep") -> tuple[list[Volume]
             f"{source_dir}: unknown COVID-19 layout, no image/mask volume pairs found (expected "
             "COVID-19-CT-Seg_20cases/ + Infection_Mask/, tr_im.nii.gz + tr_mask.nii.gz, or "
             f"rp_im/ + rp_msk/){hint}")
-    return vols, orphans
+    return vols, ma_orphans + medseg_orphans
 
 
 def load_canonical(path: Path, what: str) -> np.ndarray:
