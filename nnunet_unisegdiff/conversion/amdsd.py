@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from .common import BadPairError, Case, LayoutError, list_files, lazy_case, natural_key, sanitize_id
-from .registry import ConverterSpec
+from .registry import BINARY, ConverterSpec
 
 SOURCE = "AMD-SD"
 
@@ -38,7 +38,6 @@ COLOURS = {
     (255, 255, 255): (0, "background"),  # "weird borders" after snapping
 }
 LABELS_MULTI = {"background": 0, **{name: i for (i, name) in COLOURS.values() if i}}
-LABELS_BINARY = {"background": 0, "lesion": 1}
 
 _STEM = re.compile(r"^(?P<pid>[^_]+)_(?P<k>\d+)$")
 
@@ -46,7 +45,7 @@ _STEM = re.compile(r"^(?P<pid>[^_]+)_(?P<k>\d+)$")
 def labels_for(classes: str) -> dict[str, int]:
     if classes not in ("binary", "multi"):
         raise ValueError(f"classes must be 'binary' or 'multi', got {classes!r}")
-    return dict(LABELS_BINARY if classes == "binary" else LABELS_MULTI)
+    return dict(BINARY if classes == "binary" else LABELS_MULTI)
 
 
 def find_images_dir(source_dir: Path) -> Path:

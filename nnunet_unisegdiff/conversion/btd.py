@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, lazy_case
+from .common import BadPairError, Case, LayoutError, failed_case
 from .registry import ConverterSpec
 
 SOURCE = "BTD"
@@ -186,13 +186,6 @@ def convert_slice(d: dict) -> tuple[np.ndarray, np.ndarray]:
     return to_uint8(d["image"]), (d["mask"] > 0).astype(np.uint8)
 
 
-def _error_case(case_id: str, err: BadPairError, origin: str) -> Case:
-    """A case that raises `err` when written: `write_dataset` then stops or skips (`--skip-bad`)."""
-    def load():
-        raise err
-    return lazy_case(case_id, load, source=SOURCE, origin=origin)
-
-
 def read(source_dir, **_) -> Iterator[Case]:
     """Yield one `Case` per slice, group = decoded patient ID (the slice itself when absent)."""
     refs, _cvind = find_mats(Path(source_dir))
@@ -201,7 +194,7 @@ def read(source_dir, **_) -> Iterator[Case]:
         try:
             d = read_mat(ref)  # the PID (group) is needed up front, so slices are read eagerly
         except BadPairError as e:
-            yield _error_case(cid, e, str(ref))
+            yield failed_case(cid, e, source=SOURCE, origin=str(ref))
             continue
         image, label = convert_slice(d)
         yield Case(case_id=cid, image=image, label=label, group=d["pid"] or cid, source=SOURCE,

@@ -117,6 +117,14 @@ def lazy_case(case_id: str, load: Callable[[], tuple[np.ndarray, np.ndarray | No
     return Case(case_id=case_id, group=group, source=source, origin=origin, load=load)
 
 
+def failed_case(case_id: str, err: BadPairError, *, source: str = "", origin: str = "") -> Case:
+    """A case a reader could not even open: it raises `err` when written, so `write_dataset` stops
+    or, with `skip_bad`, reports and skips it, as for any other bad pair."""
+    def load():
+        raise err
+    return lazy_case(case_id, load, source=source, origin=origin)
+
+
 # ----------------------------------------------------------------------------------- helpers for readers
 def sanitize_id(text: str) -> str:
     """`benign (1)` -> `benign_1`: only [A-Za-z0-9_-], runs of anything else become one `_`."""

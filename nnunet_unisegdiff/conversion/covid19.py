@@ -39,11 +39,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, Orphan, lazy_case, natural_key, sanitize_id
+from .common import BadPairError, Case, LayoutError, Orphan, failed_case, natural_key, sanitize_id
 from .registry import ConverterSpec
 
 SOURCE = "COVID-19"
-LABELS = {"background": 0, "lesion": 1}
 CHANNELS = {0: "CT_window"}  # already windowed to 0..255: nnU-Net's z-score, not its CT scheme
 SLICE_MODES = ("all", "lesion", "fraction")
 DEFAULT_WINDOW = (-600.0, 1500.0)  # lung window: centre, width (HU)
@@ -230,13 +229,6 @@ def _check_options(slices: str, empty_fraction: float | None, effusion: str) -> 
         raise ValueError(f"--effusion must be keep or drop, got {effusion!r}")
 
 
-def _error_case(case_id: str, err: BadPairError, origin: str) -> Case:
-    """A case that raises `err` when written: `write_dataset` then stops or skips (`--skip-bad`)."""
-    def load():
-        raise err
-    return lazy_case(case_id, load, source=SOURCE, origin=origin)
-
-
 def read(source_dir, slices: str = "lesion", empty_fraction: float | None = None, effusion: str = "keep",
          window: tuple[float, float] = DEFAULT_WINDOW, seed: int = 12345) -> Iterator[Case | Orphan]:
     """Yield one `Case` per kept axial slice, an `Orphan` per unpaired volume; print per-volume
@@ -255,7 +247,7 @@ def read(source_dir, slices: str = "lesion", empty_fraction: float | None = None
                 raise BadPairError(f"{v.image} / {v.mask}: image shape {image.shape} != mask shape "
                                    f"{mask.shape} (after reorienting both to RAS)")
         except BadPairError as e:
-            yield _error_case(prefix, e, origin)
+            yield failed_case(prefix, e, source=SOURCE, origin=origin)
             continue
         image8, how = window_to_uint8(image, window)
         lesion = lesion_mask(mask, v.lesion_values)
@@ -301,8 +293,8 @@ SPEC = ConverterSpec(
     read=read,
     dataset_name="COVID19",
     channel_names=CHANNELS,
-    labels=LABELS,
     add_arguments=add_arguments,
+    seeded=True,
     download="Ma et al.: https://zenodo.org/record/3757476 (COVID-19-CT-Seg_20cases.zip + Infection_Mask.zip); "
              "MedSeg: https://medicalsegmentation.com/covid19/ (figshare 13521488: tr_im/tr_mask; "
              "13521509: rp_im.zip/rp_msk.zip)",

@@ -26,7 +26,6 @@ from .registry import RGB, ConverterSpec
 
 SOURCE = "EBHI-Seg"
 THRESHOLD = 128
-LABELS = {"background": 0, "lesion": 1}
 # folder name -> short name used in case IDs
 CLASSES = {
     "Adenocarcinoma": "Adeno",
@@ -137,7 +136,6 @@ SPEC = ConverterSpec(
     read=read,
     dataset_name=dataset_name,
     channel_names=RGB,
-    labels=LABELS,
     add_arguments=add_arguments,
     download="figshare https://doi.org/10.6084/m9.figshare.21540159 (Kaggle mirror "
              "orvile/ebhi-seg-colorectal-cancer)",

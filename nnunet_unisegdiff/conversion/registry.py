@@ -5,17 +5,16 @@ A converter module defines `SPEC = ConverterSpec(...)`: its CLI name, a one-line
 channel names and labels (each a value, or a function of the converter's options dict, which also
 holds "source_dir"), and an
 `add_arguments(parser)` for its own options. `read` receives exactly those options as keyword
-arguments, plus `seed` if its signature has a `seed` parameter. `convert()` runs one converter from
+arguments, plus `seed` when the spec says `seeded=True` (its reader samples). `convert()` runs one converter from
 Python; `cli.py` exposes the same as `unisegdiff convert NAME SOURCE_DIR -d ID ...`.
 
-Default IDs sit in the 5xx range, clear of nnU-Net's reserved 001-010 (Decathlon) and of its
-own example datasets (1xx-2xx).
+Default IDs (`DEFAULT_IDS`, the one place they are declared) sit in the 5xx range, clear of
+nnU-Net's reserved 001-010 (Decathlon) and of its own example datasets (1xx-2xx).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -62,9 +61,9 @@ class ConverterSpec:
     channel_names: dict | Callable[[dict], dict] = field(default_factory=lambda: dict(RGB))
     labels: dict | Callable[[dict], dict] = field(default_factory=lambda: dict(BINARY))
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    default_id: int | None = None  # None: DEFAULT_IDS[name]
     source_required: bool = True  # False: SOURCE_DIR may be omitted or "-"
     read_test: Callable[..., Iterable[Case | Orphan]] | None = None  # held-out cases -> imagesTs
+    seeded: bool = False  # read/read_test sample and take the conversion's `seed`
     download: str = ""  # where users get the data (help text, README)
     reference: str | None = None
     stratify_by_source: bool = False  # splits per source, joined fold-wise (merged datasets)
@@ -73,7 +72,7 @@ class ConverterSpec:
 
     @property
     def dataset_id(self) -> int:
-        return self.default_id if self.default_id is not None else DEFAULT_IDS[self.name]
+        return DEFAULT_IDS[self.name]
 
     def info(self, opts: dict) -> dict[str, Any]:
         return {"name": _resolve(self.dataset_name, opts),
@@ -99,11 +98,8 @@ def available_specs() -> list[ConverterSpec]:
     return out
 
 
-def _call(fn: Callable, source: Path | None, opts: dict, seed: int):
-    kwargs = dict(opts)
-    if "seed" in inspect.signature(fn).parameters:
-        kwargs["seed"] = seed
-    return fn(source, **kwargs)
+def _read(spec: ConverterSpec, fn: Callable, source: Path | None, opts: dict, seed: int):
+    return fn(source, **opts, seed=seed) if spec.seeded else fn(source, **opts)
 
 
 def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, dataset_id: int | None = None,
@@ -123,8 +119,8 @@ def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, 
     if isinstance(folds, str) and folds in spec.fold_schemes:
         scheme = spec.fold_schemes[folds]
         folds = lambda ids: scheme(source, opts, ids)  # noqa: E731
-    cases = _call(spec.read, source, opts, seed)
-    test_cases = _call(spec.read_test, source, opts, seed) if spec.read_test is not None else None
+    cases = _read(spec, spec.read, source, opts, seed)
+    test_cases = _read(spec, spec.read_test, source, opts, seed) if spec.read_test is not None else None
     return write_dataset(cases, dataset_id=dataset_id if dataset_id is not None else spec.dataset_id,
                          name=info["name"], channel_names=info["channel_names"], labels=info["labels"],
                          out_root=out_root, preprocessed_root=preprocessed_root, overwrite=overwrite,

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from .common import Case, _png, write_dataset
-from .registry import DEFAULT_IDS, RGB, ConverterSpec
+from .registry import BINARY, DEFAULT_IDS, RGB, ConverterSpec
 
 MODALITIES = ("grey", "endo", "us")
 SOURCES = {"grey": "SynGrey", "endo": "SynEndo", "us": "SynUS"}
@@ -39,7 +39,7 @@ TRAIN_STREAM, TEST_STREAM = 0, 1
 
 def labels_for(num_classes: int) -> dict[str, int]:
     if num_classes == 1:
-        return {"background": 0, "lesion": 1}
+        return dict(BINARY)
     return {"background": 0, **{f"lesion_{k}": k for k in range(1, num_classes + 1)}}
 
 
@@ -221,4 +221,5 @@ SPEC = ConverterSpec(
     labels=lambda o: labels_for(o.get("num_classes", 1)),
     add_arguments=_add_arguments,
     source_required=False,
+    seeded=True,
 )

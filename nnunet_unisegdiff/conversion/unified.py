@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import BadPairError, Case, LayoutError, lazy_case, read_sources
-from .registry import DEFAULT_IDS, RGB, ConverterSpec
+from .registry import BINARY, DEFAULT_IDS, RGB, ConverterSpec
 
 PAPER_TASKS = ("amdsd", "btd", "ebhiseg", "polyp", "covid19", "busi")
 DEFAULT_DATASETS = tuple(str(DEFAULT_IDS[t]) for t in PAPER_TASKS)
@@ -83,7 +83,7 @@ def _dataset_json(folder: Path) -> dict:
 
 def merged_labels(folders: list[Path], keep_labels: bool) -> dict[str, int]:
     if not keep_labels:
-        return {"background": 0, "lesion": 1}
+        return dict(BINARY)
     names = ["background"]
     for f in folders:
         labels = _dataset_json(f)["labels"]
@@ -204,7 +204,7 @@ def read_test(source_dir: Path | None = None, *, datasets=DEFAULT_DATASETS, resi
 
 def _labels(opts: dict) -> dict[str, int]:
     if not opts.get("keep_labels"):
-        return {"background": 0, "lesion": 1}
+        return dict(BINARY)
     return merged_labels(_inputs(opts.get("source_dir"), opts.get("datasets", DEFAULT_DATASETS)), True)
 
 

@@ -168,6 +168,16 @@ def test_default_ids_are_unique_and_clear_of_reserved_ones():
     assert all(500 <= v < 600 for v in DEFAULT_IDS.values())
 
 
+def test_a_converter_gets_the_seed_exactly_when_its_spec_says_its_reader_samples():
+    import inspect
+
+    from nnunet_unisegdiff.conversion.registry import available_specs
+    for spec in available_specs():
+        readers = [spec.read] + ([spec.read_test] if spec.read_test else [])
+        for reader in readers:
+            assert ("seed" in inspect.signature(reader).parameters) == spec.seeded, (spec.name, reader.__name__)
+
+
 def test_cli_reports_bad_input_in_one_line_and_exits_nonzero(nnunet_env, tmp_path, capsys):
     from nnunet_unisegdiff.cli import main
     rc = main(["convert", "busi", str(tmp_path / "nowhere"), "-q"])
