@@ -33,7 +33,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
+import torch
+
+from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
+from nnunet_unisegdiff.demo.layout import DATASET_NAME, NNUNET_VARS, RUN_MARKER, DemoError, Layout, prepare_layout
+from nnunet_unisegdiff.demo.report import finish_report, fmt_seconds, lesion_lines, method_slug, write_report
+from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
+from nnunet_unisegdiff.training import variants
+from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 
 try:
     import resource  # CPU time of the child processes (Unix)
@@ -41,145 +48,24 @@ except ImportError:  # pragma: no cover
     resource = None
 
 DATASET_ID = 598
-DATASET_NAME = "UniSegDiffDemo"
 TRAINER = "nnUNetTrainerUniSegDiffDemo"
 BASELINE_TRAINER = "nnUNetTrainerDemoBaseline"
 METHOD, BASELINE = "UniSegDiff", "nnU-Net baseline"
 DEFAULT_ROOT = Path("unisegdiff_demo")
-RUN_MARKER = "demo.json"           # written first into every run folder: only such folders are replaced
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-RUN_PATTERN = re.compile(r"run_(\d{3,})")
 
 
-class DemoError(RuntimeError):
-    """A condition the user must resolve (existing results, a failed nnU-Net command)."""
-
-
-# ----------------------------------------------------------------------------- layout
-@dataclass
-class Layout:
-    run_dir: Path
-    nnunet: dict[str, Path]          # nnUNet_raw / _preprocessed / _results -> folder
-    user_set: dict[str, bool]        # whether the user's environment named that folder
-
-    @property
-    def logs(self) -> Path:
-        return self.run_dir / "logs"
-
-    @property
-    def predictions(self) -> Path:
-        return self.run_dir / "predictions"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.run_dir / "evaluation"
-
-    @property
-    def report(self) -> Path:
-        return self.run_dir / "report"
-
-
-def run_number(path: Path) -> int | None:
-    m = RUN_PATTERN.fullmatch(path.name)
-    return int(m.group(1)) if m else None
-
-
-def existing_runs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and run_number(p) is not None), key=run_number)
-
-
-def choose_run_dir(root: Path, run_name: str | None = None, overwrite: bool = False) -> Path:
-    """The run folder to use. Default: the next `run_NNN`. `run_name`: that folder, refused when it
-    holds anything unless `overwrite`. `overwrite` without a name: the latest run is replaced.
-    A folder is only ever replaced when it holds the demo's marker file."""
-    root = Path(root)
-    if run_name is None:
-        runs = existing_runs(root)
-        if not overwrite or not runs:
-            n = (run_number(runs[-1]) + 1) if runs else 1
-            return root / f"run_{n:03d}"
-        target = runs[-1]
-    else:
-        if Path(run_name).name != run_name or run_name in ("", ".", ".."):
-            raise DemoError(f"--run takes a folder name inside {root}, got {run_name!r}")
-        target = root / run_name
-    if target.exists() and any(target.iterdir()):
-        if not overwrite:
-            raise DemoError(f"{target} already holds a demo run; pass --overwrite to replace it, or "
-                            "leave out --run to start a new numbered run")
-        if not (target / RUN_MARKER).is_file():
-            raise DemoError(f"{target} is not a demo run folder (no {RUN_MARKER}); not replacing it")
-    return target
-
-
-def nnunet_folders(run_dir: Path, environ: Mapping[str, str]) -> tuple[dict[str, Path], dict[str, bool]]:
-    """The user's nnU-Net folders where set, otherwise folders inside the run."""
-    folders, user_set = {}, {}
-    for var in NNUNET_VARS:
-        value = environ.get(var, "").strip()
-        user_set[var] = bool(value)
-        folders[var] = Path(value).expanduser().resolve() if value else run_dir.resolve() / var
-    return folders, user_set
-
-
-def dataset_folders(folders: Mapping[str, Path], dataset_id: int) -> list[Path]:
-    """Every `DatasetNNN_*` folder of this ID in the raw, preprocessed and results folders."""
-    found = []
-    for var in NNUNET_VARS:
-        root = folders[var]
-        if root.is_dir():
-            found += sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"Dataset{dataset_id:03d}_"))
-    return found
-
-
-def check_dataset_id(folders: Mapping[str, Path], dataset_id: int, overwrite: bool,
-                     name: str = DATASET_NAME) -> None:
-    """Refuse to clobber: another dataset with this ID is never touched; the demo's own dataset from
-    an earlier run only with `overwrite`."""
-    found = dataset_folders(folders, dataset_id)
-    foreign = [p for p in found if p.name != f"Dataset{dataset_id:03d}_{name}"]
-    if foreign:
-        raise DemoError(f"{foreign[0]} holds another dataset with ID {dataset_id}; "
-                        f"choose a free one with --dataset-id")
-    if found and not overwrite:
-        raise DemoError(f"{found[0]} exists from an earlier demo run; pass --overwrite to replace the demo's "
-                        f"dataset and models there, or --dataset-id N for a free ID")
-
-
-def prepare_layout(root: Path, run_name: str | None, overwrite: bool, dataset_id: int,
-                   environ: Mapping[str, str] | None = None) -> Layout:
-    """Choose the run folder, check nothing would be clobbered, then create it with its marker."""
-    environ = os.environ if environ is None else environ
-    run_dir = choose_run_dir(Path(root), run_name, overwrite)
-    folders, user_set = nnunet_folders(run_dir, environ)
-    shared = {var: p for var, p in folders.items() if user_set[var]}
-    if shared:
-        check_dataset_id(shared, dataset_id, overwrite)
-    if run_dir.exists():  # only reached with --overwrite on a folder holding the marker
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / RUN_MARKER).write_text(json.dumps({"status": "started", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                  "nnunet_folders": {k: str(v) for k, v in folders.items()}},
-                                                 indent=1) + "\n")
-    return Layout(run_dir=run_dir, nnunet=folders, user_set=user_set)
 
 
 # ----------------------------------------------------------------------------- child processes
 def pick_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def child_env(layout: Layout, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment of every nnU-Net command: the folders, our trainers on nnUNet_extTrainer, and
     speed settings for small CPU runs where the user has not chosen otherwise."""
-    from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
-    from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
-
     env = dict(os.environ if environ is None else environ)
     env.update({var: str(path) for var, path in layout.nnunet.items()})
     ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p and Path(p) != TRAINER_DIR]
@@ -295,6 +181,15 @@ def run_logged(cmd: Sequence[str], env: Mapping[str, str], log_file: Path,
         raise DemoError(f"{Path(cmd[0]).name} failed (exit code {rc}); full log: {log_file}\n{tail}")
 
 
+def run_with_progress(cmd: Sequence[str], env: Mapping[str, str], log_file: Path, progress: StepProgress,
+                      on_line: Callable[[str], None]) -> None:
+    """`run_logged`, closing the step's progress bar however the command ends."""
+    try:
+        run_logged(cmd, env, log_file, on_line)
+    finally:
+        progress.close()
+
+
 # ----------------------------------------------------------------------------- the run
 @dataclass
 class DemoConfig:
@@ -337,16 +232,10 @@ def child_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _fmt_seconds(s: float) -> str:
-    if s != s:  # NaN: not measured
-        return "n/a"
-    return f"{int(s // 60)} min {int(round(s % 60))} s" if s >= 60 else f"{s:.0f} s"
-
 
 def trainer_epochs(name: str) -> int:
     """Total epochs of a trainer (for the progress bar): ours from their class, nnU-Net's
     `nnUNetTrainer_Xepochs` from the name; 0 if unknown."""
-    from nnunet_unisegdiff.training import variants
     cls = getattr(variants, name, None)
     if cls is None:
         m = re.fullmatch(r"nnUNetTrainer_(\d+)epochs?", name)
@@ -358,9 +247,6 @@ def trainer_epochs(name: str) -> int:
         return demo.num_epochs_cfenet + demo.num_epochs_dnet
     return 0
 
-
-def method_slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
 class Demo:
@@ -383,7 +269,7 @@ class Demo:
         def done(log: Path | None = None) -> None:
             seconds = time.monotonic() - start
             state.steps.append(StepRecord(title, seconds, " ".join(command or []), str(log or "")))
-            self.say(f"      done in {_fmt_seconds(seconds)}")
+            self.say(f"      done in {fmt_seconds(seconds)}")
         return done
 
     # -- the steps -------------------------------------------------------------------------------
@@ -410,19 +296,18 @@ class Demo:
         done = self.step(7, "Uncertainty, evaluation and report")
         summary = write_report(
             layout.report, pred, raw / "imagesTs", raw / "labelsTs", sources=raw / "sources.json",
-            evaluation_dir=layout.evaluation, training_dirs=self.training_dirs(),
+            evaluation_dir=layout.evaluation, training_dirs=training_dirs(layout, cfg),
             grid_cases=cfg.grid_cases, uncertainty_of=METHOD)
         done()
         wall = time.monotonic() - t0
         cpu = child_cpu_seconds() - cpu0
-        summary.update(self.run_info(wall, cpu))
+        summary.update(run_info(self.state, wall, cpu))
         finish_report(layout.report, summary)
         (layout.run_dir / RUN_MARKER).write_text(json.dumps({"status": "finished", **summary["run"]}, indent=1) + "\n")
-        self.print_summary(summary)
+        print_summary(summary, self.say)
         return summary
 
     def make_dataset(self) -> Path:
-        from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
         cfg, layout = self.config, self.state.layout
         done = self.step(1, f"Synthetic dataset: {cfg.num_cases} training + {cfg.num_test} held-out "
                             f"{cfg.size}x{cfg.size} images (grey / endoscopy / ultrasound-like lesions)")
@@ -453,10 +338,7 @@ class Demo:
         progress = StepProgress(epochs or 1, "epochs" if trainer != TRAINER else "epochs (phase A: CFENet)", "ep")
         parser = TrainParser(progress, epochs)
         log = self.state.layout.logs / f"train_{method_slug(name)}.log"
-        try:
-            run_logged(cmd, env, log, parser)
-        finally:
-            progress.close()
+        run_with_progress(cmd, env, log, progress, parser)
         self.state.validation_dice[name] = parser.mean_validation_dice
         if parser.mean_validation_dice is not None:
             self.say(f"      nnU-Net's final validation (fold 0): mean Dice {parser.mean_validation_dice:.3f}")
@@ -470,263 +352,50 @@ class Demo:
         done = self.step(k, f"Predict the held-out images with {name}", cmd)
         progress = StepProgress(len(list(images.glob("*_0000.*"))), "images", "img")
         log = self.state.layout.logs / f"predict_{method_slug(name)}.log"
-        try:
-            run_logged(cmd, self.state.env, log, PredictParser(progress))
-        finally:
-            progress.close()
+        run_with_progress(cmd, self.state.env, log, progress, PredictParser(progress))
         done(log)
         return out
 
-    def training_dirs(self) -> dict[str, Path]:
-        results = self.state.layout.nnunet["nnUNet_results"] / f"Dataset{self.config.dataset_id:03d}_{DATASET_NAME}"
-        return {METHOD: results / f"{self.config.trainer}__nnUNetPlans__2d" / "fold_0",
-                BASELINE: results / f"{self.config.baseline_trainer}__nnUNetPlans__2d" / "fold_0"}
 
-    def run_info(self, wall: float, cpu: float) -> dict:
-        s, cfg = self.state, self.config
-        return {"run": {
-            "run_dir": str(s.layout.run_dir), "device": s.device, "wall_seconds": round(wall, 1),
-            "child_cpu_seconds": round(cpu, 1), "cpu_count": os.cpu_count(),
-            "dataset": f"Dataset{cfg.dataset_id:03d}_{DATASET_NAME}", "num_cases": cfg.num_cases,
-            "num_test": cfg.num_test, "size": cfg.size, "seed": cfg.seed,
-            "trainers": {METHOD: cfg.trainer, BASELINE: cfg.baseline_trainer},
-            "nnunet_folders": {k: str(v) for k, v in s.layout.nnunet.items()},
-            "validation_dice_fold0": s.validation_dice,
-            "steps": [asdict(r) for r in s.steps]}}
-
-    def print_summary(self, summary: dict) -> None:
-        run = summary["run"]
-        self.say("")
-        self.say(f"Finished in {_fmt_seconds(run['wall_seconds'])} on {run['device']} "
-                 f"(nnU-Net's processes used {_fmt_seconds(run['child_cpu_seconds'])} of CPU time).")
-        self.say(f"Held-out images: {run['num_test']}, scored against their labels (Dice, IoU in %):")
-        self.say("")
-        self.say(summary["table"].rstrip())
-        self.say("")
-        dice = summary["dice_all"]
-        self.say("Dice over all held-out cases: " + ", ".join(
-            f"{name} {'n/a' if d is None else f'{d:.1f}'}" for name, d in dice.items()))
-        for line in lesion_lines(summary["by_lesion"]):
-            self.say("  " + line)
-        self.say(f"Report: {summary['report_dir']}/README.md  (figure: predictions.png, training curves, "
-                 "metrics.csv)")
-        self.say(f"Keep playing with the trained models: export " + " ".join(
-            f"{var}={run['nnunet_folders'][var]}" for var in NNUNET_VARS)
-            + f" nnUNet_extTrainer=$(unisegdiff trainer-dir)")
+def training_dirs(layout: Layout, cfg: DemoConfig) -> dict[str, Path]:
+    """fold_0 of each method's nnU-Net results folder (its progress plots go into the report)."""
+    results = layout.nnunet["nnUNet_results"] / f"Dataset{cfg.dataset_id:03d}_{DATASET_NAME}"
+    return {METHOD: results / f"{cfg.trainer}__nnUNetPlans__2d" / "fold_0",
+            BASELINE: results / f"{cfg.baseline_trainer}__nnUNetPlans__2d" / "fold_0"}
 
 
-# ----------------------------------------------------------------------------- report
-def pick_grid_cases(cases: Sequence[str], tasks: Mapping[str, str], non_empty: Mapping[str, bool],
-                    n: int) -> list[str]:
-    """Up to n cases: cases with a lesion, taking the tasks in turn (first appearance order), and in
-    the last row one lesion-free case (where a method may see a lesion that is not there)."""
-    lesion = [c for c in sorted(cases) if non_empty.get(c, False)]
-    empty = [c for c in sorted(cases) if not non_empty.get(c, False)]
-    by_task: dict[str, list[str]] = {}
-    for case in lesion:
-        by_task.setdefault(tasks.get(case, "all"), []).append(case)
-    n_lesion = n - 1 if empty and n >= 2 else n
-    picked: list[str] = []
-    while len(picked) < n_lesion and any(by_task.values()):
-        for queue in by_task.values():
-            if queue and len(picked) < n_lesion:
-                picked.append(queue.pop(0))
-    rest = [c for c in lesion if c not in picked]
-    picked += empty[:1] if n >= 2 else []
-    return (picked + rest + empty[1:])[:n]
+def run_info(state: DemoState, wall: float, cpu: float) -> dict:
+    """The run's settings, folders and step timings, for summary.json and the report."""
+    cfg = state.config
+    return {"run": {
+        "run_dir": str(state.layout.run_dir), "device": state.device, "wall_seconds": round(wall, 1),
+        "child_cpu_seconds": round(cpu, 1), "cpu_count": os.cpu_count(),
+        "dataset": f"Dataset{cfg.dataset_id:03d}_{DATASET_NAME}", "num_cases": cfg.num_cases,
+        "num_test": cfg.num_test, "size": cfg.size, "seed": cfg.seed,
+        "trainers": {METHOD: cfg.trainer, BASELINE: cfg.baseline_trainer},
+        "nnunet_folders": {k: str(v) for k, v in state.layout.nnunet.items()},
+        "validation_dice_fold0": state.validation_dice,
+        "steps": [asdict(r) for r in state.steps]}}
 
 
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as im:
-        return np.asarray(im)
+def print_summary(summary: dict, say: Callable[[str], None]) -> None:
+    """The end of the demo's output: time, the table, Dice per method, where the report is."""
+    run = summary["run"]
+    say("")
+    say(f"Finished in {fmt_seconds(run['wall_seconds'])} on {run['device']} "
+        f"(nnU-Net's processes used {fmt_seconds(run['child_cpu_seconds'])} of CPU time).")
+    say(f"Held-out images: {run['num_test']}, scored against their labels (Dice, IoU in %):")
+    say("")
+    say(summary["table"].rstrip())
+    say("")
+    say("Dice over all held-out cases: " + ", ".join(
+        f"{name} {'n/a' if d is None else f'{d:.1f}'}" for name, d in summary["dice_all"].items()))
+    for line in lesion_lines(summary["by_lesion"]):
+        say("  " + line)
+    say(f"Report: {summary['report_dir']}/README.md  (figure: predictions.png, training curves, metrics.csv)")
+    say("Keep playing with the trained models: export " + " ".join(
+        f"{var}={run['nnunet_folders'][var]}" for var in NNUNET_VARS) + " nnUNet_extTrainer=$(unisegdiff trainer-dir)")
 
-
-def _case_dice(per_case: Sequence[Mapping], case: str) -> float | None:
-    values = [row["Dice"] for row in per_case if row["case"] == case and row["Dice"] is not None
-              and not (isinstance(row["Dice"], float) and np.isnan(row["Dice"]))]
-    return float(np.mean(values)) if values else None
-
-
-def plot_grid(path: Path, cases: Sequence[str], images_dir: Path, labels_dir: Path,
-              pred_dirs: Mapping[str, Path], per_case: Mapping[str, Sequence[Mapping]],
-              uncertainty: Mapping[str, np.ndarray], tasks: Mapping[str, str], uncertainty_of: str,
-              dpi: int = 110) -> None:
-    """Rows: cases. Columns: image, ground truth, each method's prediction (with its Dice), and the
-    uncertainty map. Masks are drawn over the image; the ground-truth contour is repeated in green
-    on every prediction."""
-    import matplotlib
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    colours = {"gt": (0.1, 0.8, 0.2)}
-    palette = [(1.0, 0.8, 0.0), (0.2, 0.55, 1.0), (0.95, 0.3, 0.2), (0.7, 0.3, 0.8)]
-    methods = list(pred_dirs)
-    titles = ["image", "ground truth", *methods, f"{uncertainty_of} uncertainty"]
-    fig, axes = plt.subplots(len(cases), len(titles), figsize=(2.1 * len(titles), 2.2 * len(cases) + 0.4),
-                             squeeze=False)
-    heat = None
-    for r, case in enumerate(cases):
-        image = _read_png(images_dir / f"{case}_0000.png")
-        gt = _read_png(labels_dir / f"{case}.png") > 0
-        panels = [("image", None, None), ("gt", gt, colours["gt"])]
-        for i, m in enumerate(methods):
-            panels.append((m, _read_png(pred_dirs[m] / f"{case}.png") > 0, palette[i % len(palette)]))
-        for c, (kind, mask, colour) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-            if mask is not None and mask.any():
-                ax.imshow(mask, cmap=ListedColormap([colour]), alpha=0.45 * mask.astype(float), interpolation="nearest")
-            if kind not in ("image", "gt") and gt.any():
-                ax.contour(gt, levels=[0.5], colors=[colours["gt"]], linewidths=0.9)
-            if kind in pred_dirs:
-                d = _case_dice(per_case.get(kind, []), case)
-                if not gt.any():
-                    title = "no lesion: none found" if not mask.any() else "no lesion: false lesion"
-                else:
-                    title = "Dice n/a" if d is None else f"Dice {100 * d:.1f}"
-                ax.set_title(title, fontsize=8)
-        ax = axes[r, len(titles) - 1]
-        if case in uncertainty:
-            heat = ax.imshow(uncertainty[case], cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(f"mean entropy {uncertainty[case].mean():.3f}", fontsize=8)
-        axes[r, 0].set_ylabel(f"{case}\n{tasks.get(case, '')}", fontsize=7)
-    for c, title in enumerate(titles):
-        axes[0, c].annotate(title, (0.5, 1.25), xycoords="axes fraction", ha="center", va="bottom",
-                            fontsize=9, fontweight="bold")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.subplots_adjust(left=0.07, right=0.93, top=1 - 0.7 / fig.get_figheight(), bottom=0.02,
-                        wspace=0.05, hspace=0.3)
-    if heat is not None:
-        cax = fig.add_axes([0.94, 0.2, 0.012, 0.6])
-        fig.colorbar(heat, cax=cax).set_label("normalised entropy of the posterior", fontsize=8)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-
-
-def lesion_summary(per_case: Sequence[Mapping]) -> dict:
-    """Mean Dice (%) over the cases with a lesion, and how many lesion-free cases got a lesion."""
-    lesion = [r["Dice"] for r in per_case if not r["gt_empty"] and r["Dice"] is not None
-              and not np.isnan(r["Dice"])]
-    empty = [r for r in per_case if r["gt_empty"]]
-    return {"lesion_cases": len(lesion), "lesion_dice": float(100 * np.mean(lesion)) if lesion else None,
-            "lesion_free_cases": len(empty), "false_lesions": sum(not r["pred_empty"] for r in empty)}
-
-
-def lesion_lines(by_lesion: Mapping[str, Mapping]) -> list[str]:
-    return [f"{name}: Dice {'n/a' if d['lesion_dice'] is None else format(d['lesion_dice'], '.1f')} on the "
-            f"{d['lesion_cases']} images with a lesion; a lesion found in {d['false_lesions']} of the "
-            f"{d['lesion_free_cases']} lesion-free images" for name, d in by_lesion.items()]
-
-
-def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Path, labels_dir: Path, *,
-                 sources: Path | None = None, evaluation_dir: Path | None = None,
-                 training_dirs: Mapping[str, Path] | None = None, grid_cases: int = 6,
-                 uncertainty_of: str | None = None) -> dict:
-    """Everything after the predictions: `unisegdiff uncertainty` for `uncertainty_of` (default the
-    first method), `unisegdiff evaluate` of every method (into `evaluation_dir/<method>/`), and in
-    `report_dir`: metrics.md/.csv/.json (one Table-3 row per method), predictions.png and copies of
-    the training curves. Returns the summary (the report's README is written by `finish_report`)."""
-    from nnunet_unisegdiff.evaluation import evaluate as evaluation
-    from nnunet_unisegdiff.evaluation import report
-    from nnunet_unisegdiff.evaluation import uncertainty
-
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    evaluation_dir = Path(evaluation_dir) if evaluation_dir else report_dir / "evaluation"
-    methods = list(pred_dirs)
-    uncertainty_of = uncertainty_of or methods[0]
-    sources = sources if sources is not None and Path(sources).is_file() else None
-
-    results, rows = {}, []
-    for name in methods:
-        result = evaluation.evaluate_folder(pred_dirs[name], labels_dir, sources=sources, name=name)
-        evaluation.write_outputs(result, evaluation_dir / method_slug(name))
-        results[name] = result
-        rows += [{"method": name, **row} for row in result["summary"]]
-    table = report.table3_markdown([(name, results[name]["summary"]) for name in methods])
-    counts = "\n".join(f"{name}:\n\n" + report.counts_markdown(results[name]["summary"]) for name in methods)
-    report.write_csv(report_dir / "metrics.csv", rows)
-    (report_dir / "metrics.md").write_text(table)
-    empty_rule = results[methods[0]]["meta"]["empty_rule_text"]
-
-    unc_rows = uncertainty.write_uncertainty(pred_dirs[uncertainty_of], images_dir=images_dir)
-    unc_maps = {p.name[:-len(".npz")]: uncertainty.entropy_map(uncertainty.load_probabilities(p))
-                for p in sorted(Path(pred_dirs[uncertainty_of]).glob("*.npz"))}
-
-    per_case = {name: results[name]["per_case"] for name in methods}
-    tasks = {row["case"]: row["task"] for row in per_case[methods[0]]}
-    non_empty = {row["case"]: not row["gt_empty"] for row in per_case[methods[0]]}
-    cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases)
-    grid = report_dir / "predictions.png"
-    plot_grid(grid, cases, Path(images_dir), Path(labels_dir), pred_dirs, per_case, unc_maps, tasks, uncertainty_of)
-
-    curves = {}
-    for name, folder in (training_dirs or {}).items():
-        for plot in ("progress.png", "progress_stages.png"):
-            if (Path(folder) / plot).is_file():
-                target = report_dir / f"training_{method_slug(name)}_{plot}"
-                shutil.copyfile(Path(folder) / plot, target)
-                curves.setdefault(name, []).append(target.name)
-
-    def all_row(name):
-        return next((r for r in results[name]["summary"] if r["task"] == evaluation.ALL_TASK), {})
-
-    dice_all = {name: (None if all_row(name).get("mDice") is None or np.isnan(all_row(name)["mDice"])
-                       else float(all_row(name)["mDice"])) for name in methods}
-    summary = {"methods": methods, "table": table, "counts": counts, "empty_rule": empty_rule,
-               "by_lesion": {name: lesion_summary(per_case[name]) for name in methods},
-               "dice_all": dice_all,
-               "iou_all": {name: all_row(name).get("mIoU") for name in methods},
-               "grid": grid.name, "grid_cases": cases, "curves": curves, "report_dir": str(report_dir),
-               "evaluation_dirs": {name: str(evaluation_dir / method_slug(name)) for name in methods},
-               "prediction_dirs": {name: str(p) for name, p in pred_dirs.items()},
-               "uncertainty_dir": os.path.relpath(Path(pred_dirs[uncertainty_of]) / uncertainty.DEFAULT_SUBDIR,
-                                                  report_dir),
-               "most_uncertain": [r["case"] for r in sorted(unc_rows, key=lambda r: -r["mean_entropy"])[:3]]}
-    finish_report(report_dir, summary)
-    return summary
-
-
-def finish_report(report_dir: Path, summary: dict) -> None:
-    """report/README.md and summary.json from the summary (again once the run's timings are known)."""
-    from nnunet_unisegdiff.evaluation import report
-
-    report_dir = Path(report_dir)
-    run = summary.get("run", {})
-    lines = ["# UniSegDiff demo report", ""]
-    if run:
-        lines += [f"Synthetic lesion dataset `{run['dataset']}`: {run['num_cases']} training images (fold 0 of "
-                  f"nnU-Net's 5-fold split), {run['num_test']} held-out images of {run['size']}x{run['size']} "
-                  f"pixels. Trainers: " + ", ".join(f"{m} `{t}`" for m, t in run["trainers"].items())
-                  + f" (same epochs x iterations). Device `{run['device']}`; wall time "
-                  f"{_fmt_seconds(run['wall_seconds'])}.", ""]
-    lines += ["## Held-out images: Dice and IoU (%)", "", summary["table"].rstrip(), "",
-              *[f"- {line}" for line in lesion_lines(summary["by_lesion"])], "",
-              f"Empty masks: {summary['empty_rule']}", "", summary["counts"].rstrip(), "",
-              "Per case: `../evaluation/<method>/per_case.csv`.", "",
-              "## Predictions", "",
-              "Image, ground truth (green), each method's mask (ground-truth contour in green on top) with its "
-              "Dice, and the uncertainty map: the entropy of UniSegDiff's STAPLE posterior over its 20 staged "
-              "samples (black: the samples agree; yellow: they disagree). All cases: "
-              f"`{summary['uncertainty_dir']}`.", "", f"![predictions]({summary['grid']})", ""]
-    if summary.get("curves"):
-        lines += ["## Training curves (nnU-Net's progress plots)", ""]
-        for name, files in summary["curves"].items():
-            lines += [f"{name}:", ""] + [f"![{name} {f}]({f})" for f in files] + [""]
-    if run.get("steps"):
-        lines += ["## Steps", "", "| step | time | command |", "|---|---:|---|"]
-        for s in run["steps"]:
-            cmd = Path(s["command"].split(" ")[0]).name + " " + " ".join(s["command"].split(" ")[1:]) \
-                if s["command"] else ""
-            lines.append(f"| {s['title']} | {_fmt_seconds(s['seconds'])} | `{cmd.strip()}` |" if cmd
-                         else f"| {s['title']} | {_fmt_seconds(s['seconds'])} | |")
-        lines.append("")
-    (report_dir / "README.md").write_text("\n".join(lines))
-    (report_dir / "summary.json").write_text(json.dumps(report.json_safe(summary), indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------- command line

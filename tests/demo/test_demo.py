@@ -10,32 +10,34 @@ from PIL import Image
 
 from nnunet_unisegdiff import cli
 from nnunet_unisegdiff.conversion.synthetic import write_heldout_images
+from nnunet_unisegdiff.demo import layout as run_folders
+from nnunet_unisegdiff.demo import report as demo_report
 from nnunet_unisegdiff.demo import runner as demo
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 
 
 # ----------------------------------------------------------------------------- run folders
 def test_runs_are_numbered_and_a_rerun_never_touches_an_earlier_one(tmp_path):
-    first = demo.prepare_layout(tmp_path, None, False, 598, environ={})
+    first = run_folders.prepare_layout(tmp_path, None, False, 598, environ={})
     (first.run_dir / "result.txt").write_text("keep me")
-    second = demo.prepare_layout(tmp_path, None, False, 598, environ={})
+    second = run_folders.prepare_layout(tmp_path, None, False, 598, environ={})
     assert (first.run_dir.name, second.run_dir.name) == ("run_001", "run_002")
     assert (first.run_dir / "result.txt").read_text() == "keep me"
-    assert (second.run_dir / demo.RUN_MARKER).is_file()
+    assert (second.run_dir / run_folders.RUN_MARKER).is_file()
 
 
 def test_without_nnunet_variables_the_nnunet_folders_live_inside_the_run(tmp_path):
-    layout = demo.prepare_layout(tmp_path, None, False, 598, environ={})
-    assert all(layout.nnunet[v] == (layout.run_dir / v).resolve() for v in demo.NNUNET_VARS)
+    layout = run_folders.prepare_layout(tmp_path, None, False, 598, environ={})
+    assert all(layout.nnunet[v] == (layout.run_dir / v).resolve() for v in run_folders.NNUNET_VARS)
     assert not any(layout.user_set.values())
 
 
 def test_a_named_run_is_refused_when_it_exists_and_replaced_with_overwrite(tmp_path):
-    layout = demo.prepare_layout(tmp_path, "mine", False, 598, environ={})
+    layout = run_folders.prepare_layout(tmp_path, "mine", False, 598, environ={})
     (layout.run_dir / "old.txt").write_text("x")
-    with pytest.raises(demo.DemoError, match="--overwrite"):
-        demo.prepare_layout(tmp_path, "mine", False, 598, environ={})
-    again = demo.prepare_layout(tmp_path, "mine", True, 598, environ={})
+    with pytest.raises(run_folders.DemoError, match="--overwrite"):
+        run_folders.prepare_layout(tmp_path, "mine", False, 598, environ={})
+    again = run_folders.prepare_layout(tmp_path, "mine", True, 598, environ={})
     assert again.run_dir == layout.run_dir and not (again.run_dir / "old.txt").exists()
 
 
@@ -43,40 +45,40 @@ def test_overwrite_never_deletes_a_folder_the_demo_did_not_make(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(demo.DemoError, match="not a demo run folder"):
-        demo.prepare_layout(tmp_path, "mine", True, 598, environ={})
+    with pytest.raises(run_folders.DemoError, match="not a demo run folder"):
+        run_folders.prepare_layout(tmp_path, "mine", True, 598, environ={})
     assert (foreign / "thesis.tex").read_text() == "precious"
 
 
 def test_overwrite_without_a_name_replaces_the_latest_run(tmp_path):
-    demo.prepare_layout(tmp_path, None, False, 598, environ={})
-    second = demo.prepare_layout(tmp_path, None, False, 598, environ={})
+    run_folders.prepare_layout(tmp_path, None, False, 598, environ={})
+    second = run_folders.prepare_layout(tmp_path, None, False, 598, environ={})
     (second.run_dir / "old.txt").write_text("x")
-    again = demo.prepare_layout(tmp_path, None, True, 598, environ={})
+    again = run_folders.prepare_layout(tmp_path, None, True, 598, environ={})
     assert again.run_dir.name == "run_002" and not (again.run_dir / "old.txt").exists()
 
 
 @pytest.mark.parametrize("name", ["../elsewhere", "a/b", ".."])
 def test_run_names_stay_inside_the_root(tmp_path, name):
-    with pytest.raises(demo.DemoError, match="--run"):
-        demo.choose_run_dir(tmp_path, name)
+    with pytest.raises(run_folders.DemoError, match="--run"):
+        run_folders.choose_run_dir(tmp_path, name)
 
 
 def _user_folders(tmp_path):
-    env = {v: str(tmp_path / v) for v in demo.NNUNET_VARS}
-    for v in demo.NNUNET_VARS:
+    env = {v: str(tmp_path / v) for v in run_folders.NNUNET_VARS}
+    for v in run_folders.NNUNET_VARS:
         (tmp_path / v).mkdir()
     return env
 
 
 def test_user_nnunet_folders_are_used_and_an_earlier_demo_dataset_needs_overwrite(tmp_path):
     env = _user_folders(tmp_path)
-    layout = demo.prepare_layout(tmp_path / "runs", None, False, 598, environ=env)
+    layout = run_folders.prepare_layout(tmp_path / "runs", None, False, 598, environ=env)
     assert layout.nnunet["nnUNet_raw"] == (tmp_path / "nnUNet_raw").resolve() and all(layout.user_set.values())
     (tmp_path / "nnUNet_results" / "Dataset598_UniSegDiffDemo").mkdir()
-    with pytest.raises(demo.DemoError, match="--overwrite"):
-        demo.prepare_layout(tmp_path / "runs", None, False, 598, environ=env)
-    demo.prepare_layout(tmp_path / "runs", None, True, 598, environ=env)  # allowed: the demo's own
+    with pytest.raises(run_folders.DemoError, match="--overwrite"):
+        run_folders.prepare_layout(tmp_path / "runs", None, False, 598, environ=env)
+    run_folders.prepare_layout(tmp_path / "runs", None, True, 598, environ=env)  # allowed: the demo's own
     assert (tmp_path / "nnUNet_results" / "Dataset598_UniSegDiffDemo").is_dir(), "left for nnU-Net to overwrite"
 
 
@@ -84,14 +86,14 @@ def test_another_dataset_with_the_demo_id_is_never_overwritten(tmp_path):
     env = _user_folders(tmp_path)
     (tmp_path / "nnUNet_raw" / "Dataset598_MyLiver").mkdir()
     for overwrite in (False, True):
-        with pytest.raises(demo.DemoError, match="--dataset-id"):
-            demo.prepare_layout(tmp_path / "runs", None, overwrite, 598, environ=env)
-    demo.prepare_layout(tmp_path / "runs", None, False, 597, environ=env)
+        with pytest.raises(run_folders.DemoError, match="--dataset-id"):
+            run_folders.prepare_layout(tmp_path / "runs", None, overwrite, 598, environ=env)
+    run_folders.prepare_layout(tmp_path / "runs", None, False, 597, environ=env)
 
 
 # ----------------------------------------------------------------------------- environment and logs
 def test_child_environment_finds_our_trainers_and_keeps_the_users_choices(tmp_path):
-    layout = demo.prepare_layout(tmp_path, None, False, 598, environ={})
+    layout = run_folders.prepare_layout(tmp_path, None, False, 598, environ={})
     env = demo.child_env(layout, {"nnUNet_extTrainer": "/my/trainers", "nnUNet_def_n_proc": "7",
                                   "nnUNet_unisegdiff_cfenet": "/some/checkpoint.pth"})
     assert env["nnUNet_extTrainer"].split(os.pathsep) == [str(TRAINER_DIR), "/my/trainers"]
@@ -136,7 +138,7 @@ def test_predict_parser_counts_finished_cases():
 
 def test_a_failing_command_reports_its_log(tmp_path):
     import sys
-    with pytest.raises(demo.DemoError, match="exit code 3") as e:
+    with pytest.raises(run_folders.DemoError, match="exit code 3") as e:
         demo.run_logged([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], dict(os.environ),
                         tmp_path / "x.log")
     assert "boom" in str(e.value) and (tmp_path / "x.log").is_file()
@@ -209,7 +211,7 @@ def fake_run(tmp_path):
 def test_report_holds_both_methods_figures_and_curves(tmp_path, fake_run):
     images, labels, preds, curves, cases, sources = fake_run
     report_dir = tmp_path / "report"
-    summary = demo.write_report(report_dir, preds, images, labels, sources=sources,
+    summary = demo_report.write_report(report_dir, preds, images, labels, sources=sources,
                                 evaluation_dir=tmp_path / "evaluation", training_dirs={"Good": curves},
                                 grid_cases=4, uncertainty_of="Good")
     assert summary["dice_all"]["Good"] == pytest.approx(100.0)
@@ -237,12 +239,12 @@ def test_report_holds_both_methods_figures_and_curves(tmp_path, fake_run):
 
 def test_finish_report_adds_the_run_information(tmp_path, fake_run):
     images, labels, preds, curves, cases, sources = fake_run
-    summary = demo.write_report(tmp_path / "report", preds, images, labels, sources=sources)
+    summary = demo_report.write_report(tmp_path / "report", preds, images, labels, sources=sources)
     summary["run"] = {"dataset": "Dataset598_UniSegDiffDemo", "num_cases": 48, "num_test": 6, "size": 32,
                       "trainers": {"Good": "A", "Empty": "B"}, "device": "cpu", "wall_seconds": 61.0,
                       "steps": [{"title": "Train", "seconds": 3.0, "command": "/x/nnUNetv2_train 598 2d 0",
                                  "log": ""}]}
-    demo.finish_report(tmp_path / "report", summary)
+    demo_report.finish_report(tmp_path / "report", summary)
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "1 min 1 s" in readme and "`nnUNetv2_train 598 2d 0`" in readme
     assert json.loads((tmp_path / "report" / "summary.json").read_text())["run"]["wall_seconds"] == 61.0
@@ -251,8 +253,8 @@ def test_finish_report_adds_the_run_information(tmp_path, fake_run):
 def test_grid_shows_every_task_in_turn_and_one_lesion_free_case_last():
     tasks = {"a1": "A", "a2": "A", "b1": "B", "b2": "B", "c1": "C"}
     non_empty = {"a1": False, "a2": True, "b1": True, "b2": True, "c1": True}
-    assert demo.pick_grid_cases(list(tasks), tasks, non_empty, 4) == ["a2", "b1", "c1", "a1"]
-    assert demo.pick_grid_cases(list(tasks), tasks, non_empty, 10) == ["a2", "b1", "c1", "b2", "a1"]
-    assert demo.pick_grid_cases(list(tasks), tasks, non_empty, 1) == ["a2"]
+    assert demo_report.pick_grid_cases(list(tasks), tasks, non_empty, 4) == ["a2", "b1", "c1", "a1"]
+    assert demo_report.pick_grid_cases(list(tasks), tasks, non_empty, 10) == ["a2", "b1", "c1", "b2", "a1"]
+    assert demo_report.pick_grid_cases(list(tasks), tasks, non_empty, 1) == ["a2"]
     all_lesions = dict.fromkeys(tasks, True)
-    assert demo.pick_grid_cases(list(tasks), tasks, all_lesions, 3) == ["a1", "b1", "c1"]
+    assert demo_report.pick_grid_cases(list(tasks), tasks, all_lesions, 3) == ["a1", "b1", "c1"]
