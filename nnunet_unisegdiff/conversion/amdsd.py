@@ -1,6 +1,6 @@
 """AMD-SD (Hu et al., Sci Data 11:1014, 2024): OCT B-scans of wet AMD with five lesion classes.
 
-Real layout (datasets.md §2): `AMD-SD/images/<patient_id>/<patient_id>_<k>.png`, plus
+Real layout (docs/datasets.md, AMD-SD): `AMD-SD/images/<patient_id>/<patient_id>_<k>.png`, plus
 `training.txt`/`validation.txt` at the root. Every PNG is a side-by-side composite: the left half
 (columns `[0, W//2)`) is the raw B-scan stored as RGB, the right half (`[W//2, W)`) a colour-coded
 label map on black. Colours are snapped channel-wise to 0/255 (threshold 128) before mapping, so

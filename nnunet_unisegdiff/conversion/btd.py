@@ -1,6 +1,6 @@
 """BTD: Jun Cheng's Figshare "brain tumor dataset" (article 1512427), 3,064 T1-CE MRI slices.
 
-Real layout (datasets.md §3): the download unpacks to four parts (`brainTumorDataPublic_1-766`,
+Real layout (docs/datasets.md, BTD): the download unpacks to four parts (`brainTumorDataPublic_1-766`,
 ... or Kaggle's `brainTumorDataPublic_7671532`-style names), each either a folder or a still-zipped
 `.zip`, holding globally numbered `1.mat` ... `3064.mat`, plus `cvind.mat` and `README.txt`.
 All parts found anywhere under SOURCE_DIR are read (zips directly, without unpacking).

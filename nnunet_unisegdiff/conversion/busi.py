@@ -3,7 +3,7 @@
 Source: `Dataset_BUSI.zip` unpacks to `Dataset_BUSI_with_GT/{benign,malignant,normal}/`; SOURCE_DIR
 may be that folder, its parent, or a folder one level above (Kaggle's `archive/`).
 
-Quirks handled (docs/datasets.md §7):
+Quirks handled (docs/datasets.md, BUSI):
 - names `benign (1).png` / `benign (1)_mask.png` / `_mask_1.png` / `_mask_2.png` (space and
   parentheses) -> sanitised IDs `BUSI_benign_0001`;
 - every `_mask*` of an image merged by pixel-wise OR (17 images have 2-3 masks);

@@ -1,7 +1,7 @@
 """COVID-19 CT lung infection: Ma et al. (Zenodo 3757476) and MedSeg (figshare 13521488/13521509),
 axial slices exported as 2D grey PNGs.
 
-Sources found anywhere under SOURCE_DIR (datasets.md §6):
+Sources found anywhere under SOURCE_DIR (docs/datasets.md, COVID-19):
 - Ma et al.: images in `COVID-19-CT-Seg_20cases/` (Kaggle: `ct_scans/`), masks in `Infection_Mask/`
   (Kaggle: `infection_mask/`), else `Lung_and_Infection_Mask/` (label 3 = infection). Pairs are
   matched on the case key, not on exact names (`coronacases_org_001` <-> `coronacases_001`,

@@ -1,6 +1,6 @@
 """EBHI-Seg (Shi et al. 2023; figshare 21540159): H&E colorectal histology, 224x224 RGB PNGs.
 
-Real layout (datasets.md §4): `EBHI-SEG/<Class>/image/<name>.png` with
+Real layout (docs/datasets.md, EBHI-Seg): `EBHI-SEG/<Class>/image/<name>.png` with
 `EBHI-SEG/<Class>/label/<name>.png` (same name); class folders contain spaces (`High-grade IN`);
 stray `.DS_Store` files. SOURCE_DIR may be the folder holding `EBHI-SEG/`, `EBHI-SEG/` itself,
 or a Kaggle copy with one more folder level.

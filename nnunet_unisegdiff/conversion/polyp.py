@@ -1,7 +1,7 @@
 """The five colon-polyp sets (Kvasir-SEG, CVC-ClinicDB, CVC-ColonDB, ETIS-LaribPolypDB, CVC-300)
 -> one nnU-Net raw dataset.
 
-SOURCE_DIR may hold either (docs/datasets.md §5):
+SOURCE_DIR may hold either (docs/datasets.md, polyps):
 
 - the PraNet distribution (1450 + 798 = 2248): `TrainDataset/{images,masks}/` (900 Kvasir + 550
   ClinicDB; `image`/`mask` in some forks) and `TestDataset/<name>/{images,masks}/` for CVC-300,

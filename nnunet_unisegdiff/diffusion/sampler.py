@@ -1,6 +1,6 @@
 """Staged inference (paper section 2.2, Fig. 1 C), and the DDIM / one-step plans it is compared to.
 
-Staged plan for B images, with DNet calls batched (method.md):
+Staged plan for B images, with DNet calls batched (docs/method.md):
   RS  X999 ~ N(0, I); one x0 call (told 999); DDIM jump to X599                     1 call,  batch B
   PM  two DDIM trajectories X599 -> X299, interval 30, one using the x0 decoder and
       one the eps decoder, run as one batch                                       10 calls, batch 2B

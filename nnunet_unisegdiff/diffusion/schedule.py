@@ -1,6 +1,6 @@
 """Noise schedule and the one generic DDIM step every sampler in this package is built from.
 
-Masks live in diffusion space as one-hot channels scaled to [-1, 1] (method.md). The schedule is
+Masks live in diffusion space as one-hot channels scaled to [-1, 1] (docs/method.md). The schedule is
 DDPM's linear betas; the model never sees it, only the timestep it is told (see `staged.py`).
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ timestep DNet is told, and how the noise and mask losses are weighted.
 | PM    | low <= t < high      | t    | 1 : 1        |
 | DR    | t < low (300)        | 0    | 3 : 1        |
 
-By default x_t is made at the *drawn* t and only the told timestep is clamped (method.md): that is
+By default x_t is made at the *drawn* t and only the told timestep is clamped (docs/method.md): that is
 what inference does when it hands X299 to DNet with the DR timestep. `noise_at_clamped_t=True`
 selects the other reading of the paper. The ablation modes of Table 4 share the same interface.
 """

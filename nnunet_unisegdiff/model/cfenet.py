@@ -1,7 +1,7 @@
 """CFENet condition features: one forward pass of nnU-Net's planned UNet, tapped with forward
 hooks so its own forward code is used as is (PlainConvUNet and ResidualEncoderUNet alike).
 
-CF_i are the decoder's outputs at each resolution plus the bottleneck (method.md): the trained
+CF_i are the decoder's outputs at each resolution plus the bottleneck (docs/method.md): the trained
 decoder has already mapped every modality towards mask-like features.
 """
 from __future__ import annotations
