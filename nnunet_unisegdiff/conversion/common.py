@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from . import splits as splits_mod
 
-log = logging.getLogger("dataset_conversion")
+log = logging.getLogger("nnunet_unisegdiff.conversion")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -507,7 +507,7 @@ def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str,
             num_training_cases=summary.cases_written, file_ending=".png", dataset_name=where.dataset_name,
             description=description, reference=reference, release=release,
             license=license or "see the original dataset's licence",
-            converted_by="nnunet_unisegdiff dataset_conversion")
+            converted_by="nnunet_unisegdiff.conversion")
         _write_table(tmp, writer.table)
         split_json = _splits(writer, folds, seed, stratify_by_source)
         if split_json:

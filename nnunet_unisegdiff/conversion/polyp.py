@@ -35,7 +35,7 @@ from .common import (IMAGE_EXTS, Case, LayoutError, Orphan, lazy_case, list_file
                      read_image, read_mask, sanitize_id)
 from .registry import BINARY, RGB, ConverterSpec
 
-log = logging.getLogger("dataset_conversion")
+log = logging.getLogger("nnunet_unisegdiff.conversion")
 
 SOURCES = ("Kvasir", "ClinicDB", "ColonDB", "ETIS", "CVC300")
 _SOURCE_PATTERNS = (  # checked in order on a lower-cased folder name

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-log = logging.getLogger("dataset_conversion")
+log = logging.getLogger("nnunet_unisegdiff.conversion")
 
 FOLD_SCHEMES = {"5": 5, "paper4": 4}
 
