@@ -1,0 +1,446 @@
+"""Does UniSegDiff beat the nnU-Net it stands on? Held-out accuracy of one trained model, scored
+several ways, over several seeds (issue 9).
+
+Per seed (each seed has its own synthetic images and its own training runs):
+1. a synthetic lesion dataset (three modalities, soft borders, lesion-free images, some with two
+   lesions) with held-out images; `nnUNetv2_plan_and_preprocess -c 2d`;
+2. `nnUNetv2_train` with plain `nnUNetTrainer` (shortened), fold 0;
+3. UniSegDiff on that same fold, its CFENet *reused* from step 2 (`nnUNet_unisegdiff_cfenet`), so
+   every UniSegDiff row reads "what DNet adds to this nnU-Net"; one run per `--dnet-epochs` value;
+4. `nnUNetv2_predict --disable_tta` of the held-out images with both (same TTA setting);
+5. in-process, the same trained UniSegDiff network on the same preprocessed images: CFENet alone,
+   the RS call alone, each branch's draws, vote, paper STAPLE, ITK STAPLE, each sampler change
+   one at a time, and the shipped default (the network's own forward, i.e. what nnUNetv2_predict
+   runs); the rows of one sampler setting share one set of draws.
+
+Scores per row: Dice per modality and over all cases (a lesion-free image counts only when a
+lesion is predicted there, then as 0: nnU-Net's rule), IoU, Dice over lesion images only, the
+number of lesion-free images with any predicted lesion pixel, and the mean normalised entropy of the
+row's probability map. The table shows mean ± sd over seeds; the JSON holds every seed.
+
+    .venv/bin/python benchmarks/accuracy.py                      # 3 seeds, ~30 min on 2 cores
+    .venv/bin/python benchmarks/accuracy.py --seeds 0 --epochs-cfenet 10 --epochs-dnet 5   # a smoke run
+    .venv/bin/python benchmarks/accuracy.py --dnet-epochs 5 20 80   # phase-B budget: 200 / 800 / 3200 it
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from _common import RESULTS, meta, print_table, write_json
+from dataset_conversion.synthetic import write_synthetic_dataset
+from nnunet_unisegdiff.evaluation import load_sources
+from nnunet_unisegdiff.fusion import fuse_masks, probabilities_to_logits
+from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
+from nnunet_unisegdiff.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.staple import staple_multiclass
+from nnunet_unisegdiff.trainer import CFENET_CHECKPOINT_ENV, nnUNetTrainerUniSegDiff
+from nnunet_unisegdiff.uncertainty import entropy_map
+from nnunet_unisegdiff.variants import nnUNetTrainerUniSegDiffPaper
+
+BIN = Path(sys.executable).parent
+BASELINE = "nnUNetTrainerAccuracyBaseline"
+TRAINERS_MODULE = '''"""Written by benchmarks/accuracy.py: the benchmark's budgets as nnU-Net trainer variants."""
+from dataclasses import replace
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_unisegdiff.trainer import nnUNetTrainerUniSegDiff
+
+
+class {baseline}(nnUNetTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if {threads}:  # nnUNetv2_train sets one torch thread per core before building the trainer
+            torch.set_num_threads({threads})
+        self.num_epochs, self.num_iterations_per_epoch = {epochs_a}, {iterations}
+        self.num_val_iterations_per_epoch = {val_iterations}
+'''
+UNISEGDIFF_CLASS = '''
+
+class {name}(nnUNetTrainerUniSegDiff):
+    num_epochs_cfenet, num_epochs_dnet, dnet_lr = {epochs_a}, {epochs_b}, {lr}
+    unisegdiff = replace(nnUNetTrainerUniSegDiff.unisegdiff, dnet_width={width}, token_budget={token_budget})
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if {threads}:
+            torch.set_num_threads({threads})
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = {iterations}, {val_iterations}
+'''
+
+
+def unisegdiff_trainer(epochs_dnet: int) -> str:
+    return f"nnUNetTrainerAccuracyUniSegDiff_{epochs_dnet}dnet"
+
+
+def write_trainers(folder: Path, args) -> Path:
+    """One module with the baseline and a UniSegDiff trainer per phase-B budget: what a user of nnU-Net
+    writes to change epochs, found through nnUNet_extTrainer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    common = dict(epochs_a=args.epochs_cfenet, iterations=args.iterations, val_iterations=args.val_iterations,
+                  threads=threads)
+    text = TRAINERS_MODULE.format(baseline=BASELINE, **common)
+    for e in args.dnet_epochs:
+        text += UNISEGDIFF_CLASS.format(name=unisegdiff_trainer(e), epochs_b=e, lr=args.lr, width=args.width,
+                                        token_budget=args.token_budget, **common)
+    path = folder / "accuracy_trainers.py"
+    path.write_text(text)
+    return path
+
+
+def run(cmd: list[str], env: dict, log: Path) -> None:
+    """An nnU-Net command, its output into `log`; on failure the log's end in the error."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = "\n".join(log.read_text().splitlines()[-30:])
+        raise RuntimeError(f"{cmd[0]} failed ({rc}), log {log}:\n{tail}")
+
+
+def nnunet_env(work: Path, trainer_dir: Path) -> dict:
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
+               nnUNet_results=str(work / "results"), nnUNet_compile="0", nnUNet_def_n_proc="2",
+               nnUNet_extTrainer=os.pathsep.join([str(TRAINER_DIR), str(trainer_dir)]))
+    return env
+
+
+def train_seed(seed: int, args, work: Path) -> dict:
+    """Dataset, plan, baseline, UniSegDiff per budget and CLI predictions of one seed; returns paths."""
+    dataset_id = args.dataset_id + seed
+    raw = write_synthetic_dataset(work / "raw", dataset_id=dataset_id, name=f"Accuracy{seed}",
+                                  num_cases=args.num_cases, num_test=args.num_test, size=args.size,
+                                  seed=10_000 + seed, empty_fraction=args.empty_fraction,
+                                  preprocessed_root=work / "preprocessed", overwrite=True)
+    harden(raw, args.contrast, args.noise, seed)
+    env = nnunet_env(work, work / "trainers")
+    logs = work / "logs" / f"seed{seed}"
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
+        logs / "plan.log")
+    env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
+    results = work / "results" / raw.name
+    train = ["nnUNetv2_train", str(dataset_id), "2d", "0", "-device", args.device, "-tr"]
+    out = {"raw": raw, "dataset_id": dataset_id, "models": {}, "cli": {}}
+    t0 = time.monotonic()
+    run(train + [BASELINE], env, logs / "train_baseline.log")
+    out["seconds_baseline"] = time.monotonic() - t0
+    cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    for e in args.dnet_epochs:
+        name = unisegdiff_trainer(e)
+        t0 = time.monotonic()
+        run(train + [name], {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, logs / f"train_{name}.log")
+        out.setdefault("seconds_dnet", {})[e] = time.monotonic() - t0
+        out["models"][e] = results / f"{name}__nnUNetPlans__2d"
+    out["cli"] = predict_cli(seed, args, work, raw, dataset_id)
+    return out
+
+
+def harden(raw: Path, contrast: float, noise: float, seed: int) -> None:
+    """Every image of the dataset (training and held-out) with its contrast scaled by `contrast` around
+    the image mean and Gaussian pixel noise of sd `noise` (in [0, 1] units) added, in place: the demo's
+    generator is easy enough for a short nnU-Net run to reach ~97 Dice, which leaves DNet nothing to add."""
+    if contrast == 1 and noise == 0:
+        return
+    for f in sorted(raw.glob("imagesT[rs]/*.png")):
+        img = np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) / 255  # (H, W, 3)
+        rng = np.random.default_rng([seed, zlib.crc32(f.name.encode())])
+        mean = img.mean(axis=(0, 1), keepdims=True)
+        out = mean + contrast * (img - mean) + noise * rng.standard_normal(img.shape[:2])[..., None]
+        Image.fromarray((np.clip(out, 0, 1) * 255).round().astype(np.uint8)).save(f)
+
+
+def predict_cli(seed: int, args, work: Path, raw: Path, dataset_id: int) -> dict[str, Path]:
+    """nnUNetv2_predict of the held-out images with both trainers, without test-time augmentation."""
+    env, out = nnunet_env(work, work / "trainers"), {}
+    for label, trainer in (("baseline", BASELINE), ("unisegdiff", unisegdiff_trainer(args.dnet_epochs[0]))):
+        pred = work / "predictions" / f"seed{seed}" / label
+        if pred.exists():
+            shutil.rmtree(pred)
+        run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(dataset_id), "-c", "2d",
+             "-tr", trainer, "-f", "0", "-device", args.device, "--disable_tta", "-npp", "1", "-nps", "1"],
+            env, work / "logs" / f"seed{seed}" / f"predict_{label}.log")
+        out[label] = pred
+    return out
+
+
+def trained_paths(seed: int, args, work: Path) -> dict:
+    """What train_seed returns, for models an earlier run left in `work`."""
+    dataset_id = args.dataset_id + seed
+    raw = work / "raw" / f"Dataset{dataset_id:03d}_Accuracy{seed}"
+    results = work / "results" / raw.name
+    models = {e: results / f"{unisegdiff_trainer(e)}__nnUNetPlans__2d" for e in args.dnet_epochs}
+    missing = [m for m in [raw, *models.values()] if not m.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"--score-only: {missing[0]} not found; run once without --score-only")
+    return {"raw": raw, "dataset_id": dataset_id, "models": models,
+            "cli": predict_cli(seed, args, work, raw, dataset_id)}
+
+
+# ----------------------------------------------------------------------------- scoring one model
+def sampler_settings() -> dict[str, SamplerConfig]:
+    """The paper's sampler, then each of our changes on its own (the default row has all of them)."""
+    paper = nnUNetTrainerUniSegDiffPaper.unisegdiff.sampler
+    return {"paper sampler": paper,
+            "+ clamp PM x0": replace(paper, clamp_x0=True),
+            "+ DR x0 head": replace(paper, dr_head="x0")}
+
+
+def fusion_rows(prefix: str, result, num_classes: int, draws: int) -> dict[str, torch.Tensor]:
+    """Rows from one set of draws: result.masks (1, N, *spatial), x0-branch draws first."""
+    m = result.masks
+    return {f"{prefix}: x0-branch vote": fuse_masks(m[:, :draws], num_classes, "vote")[0],
+            f"{prefix}: eps-branch vote": fuse_masks(m[:, draws:], num_classes, "vote")[0],
+            f"{prefix}: vote": fuse_masks(m, num_classes, "vote")[0],
+            f"{prefix}: STAPLE (paper)": fuse_masks(m, num_classes, "staple")[0],
+            f"{prefix}: STAPLE (ITK)": staple_multiclass(m, num_classes, batched=True, mode="itk")[0],
+            f"{prefix}: mean probability": mean_probability(result.probs[0])}
+
+
+def mean_probability(probs: torch.Tensor) -> torch.Tensor:
+    """(N, C, *spatial) per-draw class probabilities -> their mean, renormalised over classes."""
+    p = probs.mean(0)
+    return p / p.sum(0, keepdim=True).clamp_min(1e-6)
+
+
+@torch.no_grad()
+def rs_only(net, x: torch.Tensor, cond: list[torch.Tensor]) -> torch.Tensor:
+    """The RS call alone: x0 logits from the same X999 the staged sampler starts from -> (C, *spatial)."""
+    generator = torch.Generator(device=x.device).manual_seed(net.settings.seed or 0)
+    x_T = torch.randn((1, net.num_classes, *x.shape[2:]), device=x.device, generator=generator)
+    top = net.sampler.config.num_timesteps - 1
+    _, logits = net.dnet(x_T, torch.full((1,), top, device=x.device, dtype=torch.long), cond)
+    return logits.float().softmax(1)[0]
+
+
+@torch.no_grad()
+def row_probabilities(net, x: torch.Tensor, samplers: dict[str, SamplerConfig]) -> dict[str, torch.Tensor]:
+    """Every row's class probabilities (C, *spatial) for one preprocessed image x (1, C_in, *spatial)."""
+    logits, cond = net.condition(x)
+    rows = {"CFENet alone": logits.float().softmax(1)[0], "RS call only": rs_only(net, x, cond)}
+    shipped = net.sampler
+    try:
+        for name, config in samplers.items():
+            net.sampler = StagedSampler(config)
+            rows.update(fusion_rows(name, net.sample(x), net.num_classes, config.draws_per_branch))
+    finally:
+        net.sampler = shipped
+    rows["UniSegDiff default (network forward)"] = net.predict_probabilities(x)[0]
+    return rows
+
+
+def case_scores(seg: np.ndarray, gt: np.ndarray, labels: list[int]) -> dict:
+    """Dice / IoU averaged over lesion labels; NaN where neither mask has the label (nnU-Net's rule)."""
+    dice, iou = [], []
+    for k in labels:
+        p, g = seg == k, gt == k
+        tp, fp, fn = int((p & g).sum()), int((p & ~g).sum()), int((~p & g).sum())
+        denom = 2 * tp + fp + fn
+        dice.append(2 * tp / denom if denom else np.nan)
+        iou.append(tp / (tp + fp + fn) if denom else np.nan)
+    return {"dice": float(np.nanmean(dice)) if not np.isnan(dice).all() else np.nan,
+            "iou": float(np.nanmean(iou)) if not np.isnan(iou).all() else np.nan,
+            "gt_lesion": bool((gt > 0).any()), "pred_lesion": bool((seg > 0).any())}
+
+
+class ModelScorer:
+    """The trained UniSegDiff network as nnUNetv2_predict loads it, and nnU-Net's own preprocessing
+    and export, so each row's labels are what nnU-Net would write for that probability map."""
+
+    def __init__(self, model_dir: Path, device: torch.device) -> None:
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        self.predictor = nnUNetPredictor(use_mirroring=False, device=device, verbose=False, allow_tqdm=False)
+        self.predictor.initialize_from_trained_model_folder(str(model_dir), (0,), "checkpoint_final.pth")
+        self.net = self.predictor.network.to(device).eval()
+        self.device = device
+        p = self.predictor
+        self.rw = p.plans_manager.image_reader_writer_class()
+        self.preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+        self.labels = [int(k) for k in p.label_manager.foreground_labels]
+
+    def rows(self, image_file: Path, samplers: dict[str, SamplerConfig]) -> tuple[dict[str, np.ndarray], dict]:
+        """Label map in the image's own shape and mean normalised entropy, per row."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        p = self.predictor
+        data, props = self.rw.read_images([str(image_file)])
+        data, _, props = self.preprocessor.run_case_npy(data, None, props, p.plans_manager,
+                                                        p.configuration_manager, p.dataset_json)
+        patch = tuple(p.configuration_manager.patch_size)
+        if data.shape[1] != 1 or tuple(data.shape[2:]) != patch:
+            raise ValueError(f"{image_file}: preprocessed shape {data.shape[1:]} is not one 2D tile {patch}; "
+                             "the benchmark scores single-tile 2D images (use --size equal to the patch)")
+        x = torch.from_numpy(np.ascontiguousarray(data[:, 0])).float()[None].to(self.device)
+        segs, entropy = {}, {}
+        for name, probs in row_probabilities(self.net, x, samplers).items():
+            probs = probs.cpu()
+            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+                probabilities_to_logits(probs[None])[0][:, None], p.plans_manager, p.configuration_manager,
+                p.label_manager, props, num_threads_torch=1)
+            segs[name] = np.asarray(seg)
+            entropy[name] = float(entropy_map(probs.numpy()).mean())
+        return segs, entropy
+
+
+# ----------------------------------------------------------------------------- one seed's table
+def summarize(case_rows: list[dict], modality_of: dict[str, str]) -> dict:
+    """One row's scores over the held-out cases of one seed (Dice in %)."""
+    def mean(values):
+        values = [v for v in values if not np.isnan(v)]
+        return 100 * float(np.mean(values)) if values else float("nan")
+    out = {"dice_all": mean(r["dice"] for r in case_rows), "iou_all": mean(r["iou"] for r in case_rows),
+           "dice_lesion": mean(r["dice"] for r in case_rows if r["gt_lesion"]),
+           "false_lesions": sum(r["pred_lesion"] and not r["gt_lesion"] for r in case_rows),
+           "lesion_free": sum(not r["gt_lesion"] for r in case_rows),
+           "entropy": float(np.mean([r["entropy"] for r in case_rows]))}
+    for mod in sorted(set(modality_of.values())):
+        out[f"dice_{mod}"] = mean(r["dice"] for r in case_rows if modality_of[r["case"]] == mod)
+    return out
+
+
+def score_seed(paths: dict, args, device: torch.device) -> dict:
+    raw = paths["raw"]
+    modality_of = load_sources(raw / "sources.json")
+    images = sorted((raw / "imagesTs").glob("*_0000.png"))
+    cases = [f.name[: -len("_0000.png")] for f in images]
+    modality_of = {c: modality_of.get(c, c.rsplit("_", 1)[-1]) for c in cases}
+    out = {}
+    for epochs, model_dir in paths["models"].items():
+        first = epochs == args.dnet_epochs[0]  # the other budgets: the paper's sampler and the default only
+        samplers = {k: v for k, v in sampler_settings().items() if first or k == "paper sampler"}
+        scorer = ModelScorer(model_dir, device)
+        gts = {c: scorer.rw.read_seg(str(raw / "labelsTs" / f"{c}.png"))[0][0] for c in cases}
+        per_row: dict[str, list[dict]] = {}
+        agree = {}
+        for case, image in zip(cases, images):
+            segs, entropy = scorer.rows(image, samplers)
+            if first:
+                segs.update(cli_rows(paths, case, scorer.rw))
+                entropy.update({k: float("nan") for k in segs if k not in entropy})
+                agree.setdefault("cfenet_vs_cli_baseline", []).append(
+                    float((segs["CFENet alone"] == segs["nnUNetv2_predict: nnUNetTrainer"]).mean()))
+                agree.setdefault("default_vs_cli_unisegdiff", []).append(float(
+                    (segs["UniSegDiff default (network forward)"] == segs["nnUNetv2_predict: UniSegDiff"]).mean()))
+            for name, seg in segs.items():
+                per_row.setdefault(name, []).append(
+                    {"case": case, "entropy": entropy[name], **case_scores(seg.reshape(gts[case].shape),
+                                                                            gts[case], scorer.labels)})
+        out[epochs] = {"rows": {name: summarize(rows, modality_of) for name, rows in per_row.items()},
+                       "pixel_agreement": {k: float(np.mean(v)) for k, v in agree.items()}}
+    return out
+
+
+def cli_rows(paths: dict, case: str, rw) -> dict[str, np.ndarray]:
+    """The label maps nnUNetv2_predict wrote for this case."""
+    return {"nnUNetv2_predict: nnUNetTrainer": rw.read_seg(str(paths["cli"]["baseline"] / f"{case}.png"))[0],
+            "nnUNetv2_predict: UniSegDiff": rw.read_seg(str(paths["cli"]["unisegdiff"] / f"{case}.png"))[0]}
+
+
+# ----------------------------------------------------------------------------- over seeds
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v == v]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(per_seed: list[dict], epochs: int) -> list[dict]:
+    names = list(per_seed[0][epochs]["rows"])
+    table = []
+    for name in names:
+        row = {"row": name}
+        for key in per_seed[0][epochs]["rows"][name]:
+            m, sd = mean_sd([s[epochs]["rows"][name][key] for s in per_seed])
+            row[key], row[key + "_sd"] = m, sd
+        table.append(row)
+    return table
+
+
+def print_rows(table: list[dict]) -> None:
+    mods = sorted(k[5:] for k in table[0] if k.startswith("dice_") and not k.endswith("_sd")
+                  and k[5:] not in ("all", "lesion"))
+    shown = [{"row": r["row"], **{k: fmt(r, k) for k in ["dice_all", "dice_lesion", *[f"dice_{m}" for m in mods],
+                                                          "iou_all"]},
+              "false": f"{r['false_lesions']:.1f} / {r['lesion_free']:.0f}", "entropy": f"{r['entropy']:.3f}"}
+             for r in table]
+    cols = [("row", "row", "s"), ("dice_all", "Dice all", "s"), ("dice_lesion", "Dice lesion imgs", "s"),
+            *[(f"dice_{m}", f"Dice {m}", "s") for m in mods], ("iou_all", "IoU all", "s"),
+            ("false", "false-lesion imgs", "s"), ("entropy", "entropy", "s")]
+    print_table(shown, cols)
+
+
+def fmt(row: dict, key: str) -> str:
+    return f"{row[key]:.1f} ± {row[key + '_sd']:.1f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--num-cases", type=int, default=80, help="training images per seed")
+    ap.add_argument("--num-test", type=int, default=40, help="held-out images per seed")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--empty-fraction", type=float, default=0.15, help="share of lesion-free images")
+    ap.add_argument("--contrast", type=float, default=0.5, help="image contrast factor (1: the demo's images)")
+    ap.add_argument("--noise", type=float, default=0.08, help="pixel noise sd added to the images (0: none)")
+    ap.add_argument("--epochs-cfenet", type=int, default=40, help="nnUNetTrainer epochs (= CFENet)")
+    ap.add_argument("--dnet-epochs", "--epochs-dnet", type=int, nargs="+", default=[20],
+                    help="phase-B epochs; several values train one UniSegDiff each on the same CFENet")
+    ap.add_argument("--iterations", type=int, default=40, help="iterations per epoch (both trainers)")
+    ap.add_argument("--val-iterations", type=int, default=5)
+    ap.add_argument("--width", type=float, default=0.25, help="DNet width (fraction of the plan's features)")
+    ap.add_argument("--token-budget", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-3, help="DNet learning rate")
+    ap.add_argument("--dataset-id", type=int, default=880, help="first dataset ID (one per seed)")
+    ap.add_argument("--work", type=Path, default=RESULTS / "accuracy_work")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in training and scoring (default 1 on the CPU: on 2 shared cores small "
+                         "steps run several times faster single-threaded; 0 keeps nnU-Net's choice)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--score-only", action="store_true",
+                    help="predict with and score the models an earlier run with the same settings left in --work "
+                         "(no training)")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads != 0 and (args.threads or device.type == "cpu"):
+        torch.set_num_threads(args.threads or 1)
+    if args.work.exists() and not args.score_only:
+        shutil.rmtree(args.work)
+    write_trainers(args.work / "trainers", args)
+    os.environ.update(nnunet_env(args.work, args.work / "trainers"))  # the in-process predictor finds them too
+    per_seed, timings = [], {}
+    for seed in args.seeds:
+        print(f"seed {seed}: dataset, nnUNetTrainer, UniSegDiff x {len(args.dnet_epochs)}, predictions", flush=True)
+        paths = trained_paths(seed, args, args.work) if args.score_only else train_seed(seed, args, args.work)
+        timings[seed] = {"baseline_s": paths.get("seconds_baseline"), "dnet_s": paths.get("seconds_dnet")}
+        per_seed.append(score_seed(paths, args, device))
+        print(f"seed {seed}: pixel agreement {per_seed[-1][args.dnet_epochs[0]]['pixel_agreement']}", flush=True)
+        print_rows(aggregate(per_seed[-1:], args.dnet_epochs[0]))
+    results = {"per_seed": dict(zip(args.seeds, per_seed)), "timings": timings,
+               "tables": {e: aggregate(per_seed, e) for e in args.dnet_epochs}}
+    for e in args.dnet_epochs:
+        print(f"\nHeld-out, mean ± sd over seeds {args.seeds}; phase B {e} epochs x {args.iterations} iterations")
+        print_rows(results["tables"][e])
+    write_json("accuracy", meta(device, settings={k: str(v) for k, v in vars(args).items()}), results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
