@@ -4,8 +4,13 @@ Staged plan for B images, with DNet calls batched (docs/method.md):
   RS  X999 ~ N(0, I); one x0 call (told 999); DDIM jump to X599                     1 call,  batch B
   PM  two DDIM trajectories X599 -> X299, interval 30, one using the x0 decoder and
       one the eps decoder, run as one batch                                       10 calls, batch 2B
-  DR  per branch `draws` re-noised copies of X299, each to X0 with one eps call
-      (told 0)                                                                     1 call,  batch 2*draws*B
+  DR  per branch `draws` re-noised copies of X299, each to X0 with one call (told 0)  1 call,  batch 2*draws*B
+
+Two defaults differ from the paper's reading (`nnUNetTrainerUniSegDiffPaper` restores it): each DR
+draw is the x0 decoder's output of the DR call, not the eps decoder's (`dr_head`), and PM's clean
+estimates are clamped to the mask range (`clamp_x0`). Measured in `benchmarks/accuracy.py`: the eps
+decoder's one-step draws from X299 carry scattered false pixels that STAPLE turns into a false lesion
+on lesion-free images; the x0 decoder's output of the same call does not.
 The sampler knows nothing of networks: it gets `denoise(x_t, t_told) -> (eps_hat, x0_logits)`.
 """
 from __future__ import annotations
@@ -55,6 +60,8 @@ class SamplerConfig:
     interval: int = 30               # PM DDIM interval
     diffusion: DiffusionSettings = DiffusionSettings()  # T and the thresholds, shared with training
     renoise: str = "fresh"
+    clamp_x0: bool = True            # clamp PM's clean estimates to the mask range [-1, 1] (paper: no)
+    dr_head: Literal["eps", "x0"] = "x0"  # decoder whose output of the DR call is each draw's mask (paper: eps)
     ddim_steps: int = 100            # ddim plan only
     ddim_prediction: Literal["eps", "x0"] = "eps"
     eta: float = 0.0                 # ddim plan; eta 1 with 1000 steps is DDPM
@@ -64,6 +71,8 @@ class SamplerConfig:
             raise ValueError(f"renoise must be one of {sorted(RENOISE)}, got {self.renoise!r}")
         if self.plan not in ("staged", "ddim", "one-step"):
             raise ValueError(f"unknown sampling plan {self.plan!r}")
+        if self.dr_head not in ("eps", "x0"):
+            raise ValueError(f"dr_head must be 'eps' or 'x0', got {self.dr_head!r}")
 
     @property
     def high(self) -> int:  # RS jumps to high - 1
@@ -124,13 +133,18 @@ class StagedSampler:
             x0_a, _ = split_prediction(x[:b], told[:b], _x0_from_logits(logits[:b]), "x0", ac)
             x0_b, _ = split_prediction(x[b:], told[b:], eps_hat[b:], "eps", ac)
             x0_hat = torch.cat((x0_a, x0_b))
+            if c.clamp_x0:
+                x0_hat = x0_hat.clamp(-1, 1)
             x = ddim_step(x, told, self._told(t_prev, 2 * b, dev), x0_hat, "x0", ac)
-        # DR: `draws` re-noised copies per branch, each to X0 with one eps call told timestep 0
+        # DR: `draws` re-noised copies per branch, each to X0 with one call told timestep 0
         t_dr = c.low - 1
         x = RENOISE[c.renoise](x, x0_hat, t_dr, c.draws_per_branch, ac, generator)  # (draws*2B, ...)
         n = x.shape[0]
-        eps_hat, _ = denoise(x, self._told(0, n, dev))
-        x0, _ = split_prediction(x, self._told(t_dr, n, dev), eps_hat, "eps", ac)
+        eps_hat, logits = denoise(x, self._told(0, n, dev))
+        if c.dr_head == "x0":
+            x0 = _x0_from_logits(logits)
+        else:
+            x0, _ = split_prediction(x, self._told(t_dr, n, dev), eps_hat, "eps", ac)
         # draw-major order (draw, branch, b) -> (branch, draw, b): x0-branch draws first
         x0 = x0.reshape(c.draws_per_branch, 2, b, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
         return x0, 1 + len(self.pm_timesteps()) + 1

@@ -104,3 +104,9 @@ class nnUNetTrainerDemoBaseline(nnUNetTrainer):
         self.num_epochs = demo.num_epochs_cfenet + demo.num_epochs_dnet
         self.num_iterations_per_epoch = demo.iterations_per_epoch
         self.num_val_iterations_per_epoch = demo.val_iterations_per_epoch
+
+
+class nnUNetTrainerUniSegDiffPaper(nnUNetTrainerUniSegDiff):
+    """The paper's inference taken literally: DR draws from the eps decoder, PM estimates unclamped,
+    STAPLE with a fixed prior of 0.5."""
+    unisegdiff = replace(_BASE, sampler=SamplerConfig(clamp_x0=False, dr_head="eps"), fusion="staple")

@@ -47,15 +47,16 @@ def test_staged_plan_makes_twelve_batched_calls_with_the_paper_timesteps():
     assert torch.equal(result.masks, labels[:, None].expand(-1, 20, -1, -1))
 
 
-def test_fresh_renoising_makes_draws_differ_and_none_makes_them_identical():
+@pytest.mark.parametrize("head", ["x0", "eps"])
+def test_fresh_renoising_makes_draws_differ_and_none_makes_them_identical(head):
     _, x0 = _truth(b=1)
 
-    def noisy(x_t, told):  # a denoiser with a constant eps guess: draws differ only through re-noising
-        return torch.zeros_like(x_t), torch.zeros_like(x_t)
+    def noisy(x_t, told):  # both heads follow the input: draws differ only through re-noising
+        return torch.zeros_like(x_t), x_t
 
-    fresh = StagedSampler(SamplerConfig(renoise="fresh")).sample(noisy, x0.shape, "cpu",
+    fresh = StagedSampler(SamplerConfig(renoise="fresh", dr_head=head)).sample(noisy, x0.shape, "cpu",
                                                                  torch.Generator().manual_seed(0))
-    same = StagedSampler(SamplerConfig(renoise="none")).sample(noisy, x0.shape, "cpu",
+    same = StagedSampler(SamplerConfig(renoise="none", dr_head=head)).sample(noisy, x0.shape, "cpu",
                                                                torch.Generator().manual_seed(0))
     assert len({m.numpy().tobytes() for m in fresh.masks[0]}) > 2
     assert len({m.numpy().tobytes() for m in same.masks[0, :10]}) == 1  # x0 branch: one mask 10 times
@@ -94,3 +95,47 @@ def test_pm_schedule_follows_thresholds_and_interval():
     assert StagedSampler(config).pm_timesteps() == [799, 699, 599, 499, 399, 299]
     with pytest.raises(ValueError, match="renoise"):
         SamplerConfig(renoise="magic")
+
+
+def _implied_x0(x_t, x_prev, t, t_prev):
+    """The clean estimate a deterministic DDIM step x_t -> x_prev used (solved from the step's formula)."""
+    ab_t, ab_p = AB[t].float(), AB[t_prev].float()
+    k = ((1 - ab_p) / (1 - ab_t)).sqrt()
+    return (x_prev - k * x_t) / (ab_p.sqrt() - k * ab_t.sqrt())
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_clamp_keeps_the_pm_clean_estimates_in_the_mask_range(clamp):
+    _, x0 = _truth(b=1)
+    inputs = []
+
+    def overshooting(x_t, told):  # an eps head whose implied x0 lies far outside [-1, 1] at t ~ 600
+        inputs.append(x_t.clone())
+        return torch.full_like(x_t, -2.0), torch.zeros_like(x_t)
+
+    sampler = StagedSampler(SamplerConfig(clamp_x0=clamp))
+    sampler.sample(overshooting, x0.shape, "cpu", torch.Generator().manual_seed(0))
+    pm = sampler.pm_timesteps()  # 599, 569, ..., 329
+    eps_states = [x[1:] for x in inputs[1:1 + len(pm)]]  # the eps branch's input to every PM call
+    implied = torch.stack([_implied_x0(eps_states[i], eps_states[i + 1], pm[i], pm[i + 1])
+                           for i in range(len(pm) - 1)])
+    if clamp:
+        assert implied.abs().max() <= 1 + 1e-3
+    else:
+        assert implied.abs().max() > 5  # sqrt(1 - ab) / sqrt(ab) is ~6 at t = 599: the estimate runs away
+
+
+@pytest.mark.parametrize("head", ["x0", "eps"])
+def test_dr_head_picks_the_decoder_each_draw_comes_from(head):
+    labels, x0 = _truth(b=1)
+    torch.manual_seed(0)
+
+    def x0_right_eps_wrong(x_t, told):  # the x0 decoder knows the mask, the eps decoder is noise
+        return 3 * torch.randn_like(x_t), 20 * x0.repeat(x_t.shape[0], 1, 1, 1)
+
+    result = StagedSampler(SamplerConfig(dr_head=head)).sample(x0_right_eps_wrong, x0.shape, "cpu",
+                                                               torch.Generator().manual_seed(0))
+    exact = (result.masks[0] == labels[0]).flatten(1).all(1)  # (20,) draws equal to the mask
+    assert exact.all() if head == "x0" else not exact.any()
+    with pytest.raises(ValueError, match="dr_head"):
+        SamplerConfig(dr_head="both")

@@ -277,3 +277,39 @@ def test_phase_b_step_under_ddp_gloo_gives_identical_gradients_on_both_ranks(tmp
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     max_diff, grad_mass, cfenet_untouched = queue.get(timeout=5)
     assert grad_mass > 0 and max_diff < 1e-6 and cfenet_untouched
+
+
+def test_paper_variant_samples_the_papers_plan_call_for_call():
+    """nnUNetTrainerUniSegDiffPaper keeps the paper one setting away: the same 12 calls, batch sizes and
+    told timesteps as the default, STAPLE fusion, and every DR draw from the eps decoder (the default
+    takes the x0 decoder's output of the same call)."""
+    from nnunet_unisegdiff.sampler import StagedSampler
+    from nnunet_unisegdiff.schedule import linear_alphas_cumprod, split_prediction
+    from nnunet_unisegdiff.variants import nnUNetTrainerUniSegDiffPaper as Paper
+
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 3:7] = 1
+    x0 = 2 * torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float() - 1
+    ab = linear_alphas_cumprod()
+
+    def plan_and_masks(config):
+        calls = []
+
+        def eps_right_x0_wrong_at_dr(x_t, told):  # true eps at the real noise level; x0 head inverted at DR
+            calls.append((x_t.shape[0], int(told[0])))
+            real_t = config.low - 1 if int(told[0]) == 0 else int(told[0])
+            target = x0.repeat(x_t.shape[0], 1, 1, 1)
+            _, eps = split_prediction(x_t, torch.full((x_t.shape[0],), real_t), target, "x0", ab)
+            return eps, (-20 if int(told[0]) == 0 else 20) * target
+
+        masks = StagedSampler(config).sample(eps_right_x0_wrong_at_dr, x0.shape, "cpu",
+                                             torch.Generator().manual_seed(0)).masks
+        return calls, masks
+
+    paper = Paper.unisegdiff
+    assert paper.fusion == "staple" and not paper.sampler.clamp_x0 and paper.sampler.dr_head == "eps"
+    paper_calls, paper_masks = plan_and_masks(paper.sampler)
+    default_calls, default_masks = plan_and_masks(nnUNetTrainerUniSegDiff.unisegdiff.sampler)
+    assert paper_calls == default_calls == [(1, 999)] + [(2, t) for t in range(599, 299, -30)] + [(20, 0)]
+    assert torch.equal(paper_masks[0], labels.expand(20, -1, -1))  # eps decoder: the true mask
+    assert torch.equal(default_masks[0], 1 - labels.expand(20, -1, -1))  # x0 decoder's (inverted) output
