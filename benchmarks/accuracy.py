@@ -41,15 +41,15 @@ import torch
 from PIL import Image
 
 from _common import RESULTS, meta, print_table, write_json
-from dataset_conversion.synthetic import write_synthetic_dataset
-from nnunet_unisegdiff.evaluation import load_sources
-from nnunet_unisegdiff.fusion import fuse_masks, probabilities_to_logits
+from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
+from nnunet_unisegdiff.evaluation.evaluate import load_sources
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
-from nnunet_unisegdiff.sampler import SamplerConfig, StagedSampler
-from nnunet_unisegdiff.staple import staple_multiclass
-from nnunet_unisegdiff.trainer import CFENET_CHECKPOINT_ENV, nnUNetTrainerUniSegDiff
-from nnunet_unisegdiff.uncertainty import entropy_map
-from nnunet_unisegdiff.variants import nnUNetTrainerUniSegDiffPaper
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.staple import staple_multiclass
+from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
+from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
+from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffPaper
 
 BIN = Path(sys.executable).parent
 BASELINE = "nnUNetTrainerAccuracyBaseline"
@@ -59,7 +59,7 @@ from dataclasses import replace
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_unisegdiff.trainer import nnUNetTrainerUniSegDiff
+from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 
 class {baseline}(nnUNetTrainer):

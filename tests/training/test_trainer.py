@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.schedule import linear_alphas_cumprod, split_prediction
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.diffusion.staged import StagedObjective
 from nnunet_unisegdiff.model.plans import tiny_plans
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV, nnUNetTrainerUniSegDiff
-from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffNoDCA, nnUNetTrainerUniSegDiffUniformEps
+from nnunet_unisegdiff.training.variants import (
+    nnUNetTrainerUniSegDiffNoDCA,
+    nnUNetTrainerUniSegDiffPaper,
+    nnUNetTrainerUniSegDiffUniformEps,
+)
 
 DATASET_JSON = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "lesion": 1},
                 "numTraining": 2, "file_ending": ".png"}
@@ -283,10 +288,6 @@ def test_paper_variant_samples_the_papers_plan_call_for_call():
     """nnUNetTrainerUniSegDiffPaper keeps the paper one setting away: the same 12 calls, batch sizes and
     told timesteps as the default, STAPLE fusion, and every DR draw from the eps decoder (the default
     takes the x0 decoder's output of the same call)."""
-    from nnunet_unisegdiff.sampler import StagedSampler
-    from nnunet_unisegdiff.schedule import linear_alphas_cumprod, split_prediction
-    from nnunet_unisegdiff.variants import nnUNetTrainerUniSegDiffPaper as Paper
-
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
     labels[:, 2:6, 3:7] = 1
     x0 = 2 * torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float() - 1
@@ -306,7 +307,7 @@ def test_paper_variant_samples_the_papers_plan_call_for_call():
                                              torch.Generator().manual_seed(0)).masks
         return calls, masks
 
-    paper = Paper.unisegdiff
+    paper = nnUNetTrainerUniSegDiffPaper.unisegdiff
     assert paper.fusion == "staple" and not paper.sampler.clamp_x0 and paper.sampler.dr_head == "eps"
     paper_calls, paper_masks = plan_and_masks(paper.sampler)
     default_calls, default_masks = plan_and_masks(nnUNetTrainerUniSegDiff.unisegdiff.sampler)
