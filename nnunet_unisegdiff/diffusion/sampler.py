@@ -139,15 +139,28 @@ class StagedSampler:
         # DR: `draws` re-noised copies per branch, each to X0 with one call told timestep 0
         t_dr = c.low - 1
         x = RENOISE[c.renoise](x, x0_hat, t_dr, c.draws_per_branch, ac, generator)  # (draws*2B, ...)
-        n = x.shape[0]
-        eps_hat, logits = denoise(x, self._told(0, n, dev))
-        if c.dr_head == "x0":
-            x0 = _x0_from_logits(logits)
-        else:
-            x0, _ = split_prediction(x, self._told(t_dr, n, dev), eps_hat, "eps", ac)
+        x0 = self._dr_call(denoise, x, ac)
         # draw-major order (draw, branch, b) -> (branch, draw, b): x0-branch draws first
         x0 = x0.reshape(c.draws_per_branch, 2, b, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
         return x0, 1 + len(self.pm_timesteps()) + 1
+
+    def _dr_call(self, denoise: Denoise, x: Tensor, ac: Tensor) -> Tensor:
+        """The DR call on X_{low-1} (told 0): each input's clean estimate from the `dr_head` decoder."""
+        n, dev = x.shape[0], x.device
+        eps_hat, logits = denoise(x, self._told(0, n, dev))
+        if self.config.dr_head == "x0":
+            return _x0_from_logits(logits)
+        return split_prediction(x, self._told(self.config.low - 1, n, dev), eps_hat, "eps", ac)[0]
+
+    def short_plan(self, denoise: Denoise, x_T: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """RS, then one DR call on a fresh re-noising of the RS estimate: 2 calls through both kinds of
+        call the staged plan's draws come from (PM skipped), a cheap validation signal for phase B.
+        x_T: (B, C, *spatial) pure noise -> clean estimate (B, C, *spatial) in [-1, 1]."""
+        b, dev = x_T.shape[0], x_T.device
+        ac = self.alphas_cumprod.to(dev)
+        _, logits = denoise(x_T, self._told(self.config.num_timesteps - 1, b, dev))
+        x = renoise_fresh(x_T, _x0_from_logits(logits), self.config.low - 1, 1, ac, generator)
+        return self._dr_call(denoise, x, ac)
 
     def _ddim(self, denoise: Denoise, x_T: Tensor, ac: Tensor, generator) -> tuple[Tensor, int]:
         c, x = self.config, x_T  # x_T: (draws * B, C, *spatial), independent noise per draw

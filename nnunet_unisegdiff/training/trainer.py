@@ -224,8 +224,9 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
             self.logger.local_logger.log(key, mean, self.current_epoch)
 
     def validation_step(self, batch: dict) -> dict:
-        """Phase B: the staged loss at seeded timesteps, and pseudo Dice of the RS stage's one-call
-        prediction from pure noise (cheap; the full sampler runs in the final validation)."""
+        """Phase B: the staged loss at seeded timesteps, and pseudo Dice (which picks checkpoint_best) of
+        the sampler's 2-call short plan, RS then one DR call: the full sampler's 12 calls per batch would
+        multiply validation cost, RS alone says nothing about the DR draws the prediction is fused from."""
         if self.phase == "A":
             return super().validation_step(batch)
         data = batch["data"].to(self.device, non_blocking=True)
@@ -234,7 +235,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         net, ac = self.composite, self._alphas_cumprod
         generator = torch.Generator(device=self.device).manual_seed(self.current_epoch)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            _, cond = net.condition(data)  # CFENet once for both DNet calls
+            _, cond = net.condition(data)  # CFENet once for all DNet calls
 
             def denoise(x_t, t):
                 return net.dnet(x_t, t, cond)
@@ -242,8 +243,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
             loss, _ = phase_b_loss(denoise, labels, self.objective, self.loss, ac, net.num_classes, generator)
             x_T = torch.randn((data.shape[0], net.num_classes, *data.shape[2:]), device=self.device,
                               generator=generator)
-            _, rs_logits = denoise(x_T, torch.full((data.shape[0],), ac.shape[0] - 1, device=self.device))
-        onehot = torch.zeros_like(rs_logits).scatter_(1, rs_logits.argmax(1, keepdim=True), 1)
+            x0_hat = net.sampler.short_plan(denoise, x_T, generator)
+        onehot = torch.zeros_like(x0_hat).scatter_(1, x0_hat.argmax(1, keepdim=True), 1)
         tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, labels, axes=[0] + list(range(2, onehot.ndim)))
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp[1:].cpu().numpy(),
                 "fp_hard": fp[1:].cpu().numpy(), "fn_hard": fn[1:].cpu().numpy()}

@@ -139,3 +139,18 @@ def test_dr_head_picks_the_decoder_each_draw_comes_from(head):
     assert exact.all() if head == "x0" else not exact.any()
     with pytest.raises(ValueError, match="dr_head"):
         SamplerConfig(dr_head="both")
+
+
+@pytest.mark.parametrize("head", ["x0", "eps"])
+def test_short_plan_is_rs_then_one_dr_call_from_the_chosen_decoder(head):
+    labels, x0 = _truth(b=2)
+    sampler = StagedSampler(SamplerConfig(dr_head=head))
+    oracle = Oracle(x0, sampler)
+
+    def x0_inverted_at_dr(x_t, told):  # true eps; the x0 decoder is right at RS, inverted at DR
+        eps, logits = oracle(x_t, told)
+        return eps, -logits if int(told[0]) == 0 else logits
+
+    x0_hat = sampler.short_plan(x0_inverted_at_dr, torch.randn(x0.shape), torch.Generator().manual_seed(0))
+    assert [(n, t[0]) for n, t in oracle.calls] == [(2, 999), (2, 0)]
+    assert torch.equal(x0_hat.argmax(1), labels if head == "eps" else 1 - labels)
