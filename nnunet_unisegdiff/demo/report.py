@@ -215,7 +215,8 @@ def finish_report(report_dir: Path, summary: dict) -> None:
         lines += [f"Synthetic lesion dataset `{run['dataset']}`: {run['num_cases']} training images (fold 0 of "
                   f"nnU-Net's 5-fold split), {run['num_test']} held-out images of {run['size']}x{run['size']} "
                   f"pixels. Trainers: " + ", ".join(f"{m} `{t}`" for m, t in run["trainers"].items())
-                  + f" (same epochs x iterations). Device `{run['device']}`; wall time "
+                  + f" (UniSegDiff's CFENet is the baseline's trained model; it adds DNet). Device "
+                  f"`{run['device']}`; wall time "
                   f"{fmt_seconds(run['wall_seconds'])}.", ""]
     lines += ["## Held-out images: Dice and IoU (%)", "", summary["table"].rstrip(), "",
               *[f"- {line}" for line in lesion_lines(summary["by_lesion"])], "",

@@ -7,9 +7,11 @@ Steps (each a real nnU-Net command in a child process, with `nnUNet_extTrainer` 
 1. a synthetic multi-modality lesion dataset (grey/endoscopy/ultrasound-like, 64x64 RGB) with
    held-out images and labels (`imagesTs`/`labelsTs`);
 2. `nnUNetv2_plan_and_preprocess -c 2d`;
-3. `nnUNetv2_train ... -tr nnUNetTrainerUniSegDiffDemo` (CFENet, then DNet) and `nnUNetv2_predict
-   --save_probabilities` on the held-out images;
-4. the same for `nnUNetTrainerDemoBaseline`, plain nnU-Net with the same epochs x iterations;
+3. `nnUNetv2_train ... -tr nnUNetTrainerDemoBaseline` (plain nnU-Net with the CFENet budget) and
+   `nnUNetv2_predict --save_probabilities` on the held-out images;
+4. the same for `nnUNetTrainerUniSegDiffDemo`, which reuses the baseline's trained model as its CFENet
+   (`nnUNet_unisegdiff_cfenet`) and trains only DNet: its rows read "what DNet adds to this nnU-Net";
+   both are predicted with the same test-time setting (no mirroring);
 5. `unisegdiff uncertainty` on UniSegDiff's posteriors, `unisegdiff evaluate` of both methods and a
    report folder: metrics table, a figure grid (image / ground truth / UniSegDiff / baseline /
    uncertainty) and nnU-Net's training curves.
@@ -72,7 +74,7 @@ def child_env(layout: Layout, environ: Mapping[str, str] | None = None) -> dict[
     env["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), *ext])
     env.setdefault("nnUNet_def_n_proc", str(min(2, os.cpu_count() or 1)))  # process pools cost more than they give here
     env.setdefault("nnUNet_compile", "0")  # compiling takes longer than the demo trains
-    env[CFENET_CHECKPOINT_ENV] = "none"  # both methods train from scratch with the same budget
+    env[CFENET_CHECKPOINT_ENV] = "none"  # nothing found by chance; UniSegDiff's train step names the baseline
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -243,8 +245,7 @@ def trainer_epochs(name: str) -> int:
     if hasattr(cls, "num_epochs_cfenet"):
         return cls.num_epochs_cfenet + cls.num_epochs_dnet
     if name == BASELINE_TRAINER:
-        demo = variants.nnUNetTrainerUniSegDiffDemo
-        return demo.num_epochs_cfenet + demo.num_epochs_dnet
+        return variants.nnUNetTrainerUniSegDiffDemo.num_epochs_cfenet
     return 0
 
 
@@ -289,8 +290,8 @@ class Demo:
         self.plan_and_preprocess()
         pred = {}
         k = 3
-        for name, trainer in ((METHOD, cfg.trainer), (BASELINE, cfg.baseline_trainer)):
-            self.train(k, name, trainer)
+        for name, trainer in ((BASELINE, cfg.baseline_trainer), (METHOD, cfg.trainer)):
+            self.train(k, name, trainer, cfenet_env(layout, cfg) if name == METHOD else {})
             pred[name] = self.predict(k + 1, name, trainer, raw / "imagesTs")
             k += 2
         done = self.step(7, "Uncertainty, evaluation and report")
@@ -327,11 +328,11 @@ class Demo:
         run_logged(cmd, self.state.env, log)
         done(log)
 
-    def train(self, k: int, name: str, trainer: str) -> None:
+    def train(self, k: int, name: str, trainer: str, extra_env: Mapping[str, str]) -> None:
         cmd = [nnunet_command("nnUNetv2_train"), str(self.config.dataset_id), "2d", "0", "-tr", trainer,
                "-device", self.state.device]
         done = self.step(k, f"Train {name}: fold 0 with {trainer}", cmd)
-        env = dict(self.state.env)
+        env = {**self.state.env, **extra_env}
         if self.state.device == "cpu":
             env.setdefault("nnUNet_n_proc_DA", "0")  # augmentation in the main process: faster on 2 cores
         epochs = trainer_epochs(trainer)
@@ -355,6 +356,11 @@ class Demo:
         run_with_progress(cmd, self.state.env, log, progress, PredictParser(progress))
         done(log)
         return out
+
+
+def cfenet_env(layout: Layout, cfg: DemoConfig) -> dict[str, str]:
+    """UniSegDiff's CFENet is the baseline's trained model: phase A is skipped, only DNet trains."""
+    return {CFENET_CHECKPOINT_ENV: str(training_dirs(layout, cfg)[BASELINE] / "checkpoint_final.pth")}
 
 
 def training_dirs(layout: Layout, cfg: DemoConfig) -> dict[str, Path]:
@@ -422,7 +428,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trainer", default=TRAINER,
                    help=f"UniSegDiff trainer (default {TRAINER}; e.g. nnUNetTrainerUniSegDiff_50epochs on a GPU)")
     p.add_argument("--baseline-trainer", default=BASELINE_TRAINER,
-                   help=f"nnU-Net trainer to compare with (default {BASELINE_TRAINER}, the same budget)")
+                   help=f"nnU-Net trainer to compare with and to reuse as UniSegDiff's CFENet "
+                        f"(default {BASELINE_TRAINER})")
     p.set_defaults(func=main)
 
 

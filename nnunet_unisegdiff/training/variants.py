@@ -80,7 +80,7 @@ class nnUNetTrainerUniSegDiffDemo(nnUNetTrainerUniSegDiff):
     """14 CFENet + 10 DNet epochs of 40 iterations (with 4-6 CFENet epochs CFENet still found lesions
     in lesion-free images, and DNet follows its features there). DNet at a quarter of the plan's width,
     DCA only at stages of <= 256 positions, and lr 3e-3: at the paper's 1e-4 DNet needs hundreds of
-    epochs, at 3e-3 a few hundred iterations. Sampling is the paper's (staged, 20 draws, STAPLE)."""
+    epochs, at 3e-3 a few hundred iterations. Sampling is the default (staged, 20 draws, STAPLE)."""
     num_epochs_cfenet, num_epochs_dnet = 14, 10
     dnet_lr = 3e-3
     unisegdiff = replace(_BASE, dnet_width=0.25, token_budget=256)
@@ -94,14 +94,14 @@ class nnUNetTrainerUniSegDiffDemo(nnUNetTrainerUniSegDiff):
 
 
 class nnUNetTrainerDemoBaseline(nnUNetTrainer):
-    """nnU-Net's baseline with the demo's budget: as many epochs x iterations in total as
-    nnUNetTrainerUniSegDiffDemo's two phases together."""
+    """nnU-Net's baseline with the CFENet budget of nnUNetTrainerUniSegDiffDemo (epochs x iterations):
+    the demo trains it first and UniSegDiff reuses it as its CFENet, so the two differ by DNet alone."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         demo = nnUNetTrainerUniSegDiffDemo
-        self.num_epochs = demo.num_epochs_cfenet + demo.num_epochs_dnet
+        self.num_epochs = demo.num_epochs_cfenet
         self.num_iterations_per_epoch = demo.iterations_per_epoch
         self.num_val_iterations_per_epoch = demo.val_iterations_per_epoch
 

@@ -98,7 +98,10 @@ def test_child_environment_finds_our_trainers_and_keeps_the_users_choices(tmp_pa
                                   "nnUNet_unisegdiff_cfenet": "/some/checkpoint.pth"})
     assert env["nnUNet_extTrainer"].split(os.pathsep) == [str(TRAINER_DIR), "/my/trainers"]
     assert env["nnUNet_def_n_proc"] == "7" and env["nnUNet_compile"] == "0"
-    assert env["nnUNet_unisegdiff_cfenet"] == "none", "both methods must train from scratch"
+    assert env["nnUNet_unisegdiff_cfenet"] == "none", "no CFENet may be found by chance"
+    cfg = demo.DemoConfig()
+    reuse = demo.cfenet_env(layout, cfg)["nnUNet_unisegdiff_cfenet"]  # only UniSegDiff's train step sets it
+    assert reuse == str(demo.training_dirs(layout, cfg)[demo.BASELINE] / "checkpoint_final.pth")
     assert env["nnUNet_results"] == str(layout.nnunet["nnUNet_results"])
 
 
@@ -144,10 +147,10 @@ def test_a_failing_command_reports_its_log(tmp_path):
     assert "boom" in str(e.value) and (tmp_path / "x.log").is_file()
 
 
-def test_baseline_trainer_has_the_same_budget_as_the_demo_trainer():
+def test_baseline_trainer_has_the_cfenet_budget_of_the_demo_trainer():
     from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffDemo as D
     assert demo.trainer_epochs(demo.TRAINER) == D.num_epochs_cfenet + D.num_epochs_dnet
-    assert demo.trainer_epochs(demo.BASELINE_TRAINER) == demo.trainer_epochs(demo.TRAINER)
+    assert demo.trainer_epochs(demo.BASELINE_TRAINER) == D.num_epochs_cfenet  # it is UniSegDiff's CFENet
     assert D.num_epochs_cfenet >= 1 and D.num_epochs_dnet >= 1 and D.dnet_lr > 1e-4
 
 
