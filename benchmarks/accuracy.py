@@ -21,11 +21,11 @@ row's probability map. The table shows mean ± sd over seeds; the JSON holds eve
     .venv/bin/python benchmarks/accuracy.py                      # 3 seeds, ~30 min on 2 cores
     .venv/bin/python benchmarks/accuracy.py --seeds 0 --epochs-cfenet 10 --epochs-dnet 5   # a smoke run
     .venv/bin/python benchmarks/accuracy.py --dnet-epochs 5 20 80   # phase-B budget: 200 / 800 / 3200 it
+    .venv/bin/python benchmarks/accuracy.py --reuse --dnet-epochs 5 80   # more budgets on the same CFENets
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -125,33 +125,42 @@ def nnunet_env(work: Path, trainer_dir: Path) -> dict:
 
 
 def train_seed(seed: int, args, work: Path) -> dict:
-    """Dataset, plan, baseline, UniSegDiff per budget and CLI predictions of one seed; returns paths."""
+    """Dataset, plan, baseline, UniSegDiff per budget and CLI predictions of one seed; returns paths.
+    With `--reuse`, what `work` already holds (dataset, finished trainings) is kept."""
     dataset_id = args.dataset_id + seed
-    raw = write_synthetic_dataset(work / "raw", dataset_id=dataset_id, name=f"Accuracy{seed}",
-                                  num_cases=args.num_cases, num_test=args.num_test, size=args.size,
-                                  seed=10_000 + seed, empty_fraction=args.empty_fraction,
-                                  preprocessed_root=work / "preprocessed", overwrite=True)
-    harden(raw, args.contrast, args.noise, seed)
+    raw = work / "raw" / f"Dataset{dataset_id:03d}_Accuracy{seed}"
     env = nnunet_env(work, work / "trainers")
     logs = work / "logs" / f"seed{seed}"
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
-        logs / "plan.log")
+    if not (args.reuse and (work / "preprocessed" / raw.name / "nnUNetPlans.json").is_file()):
+        raw = write_synthetic_dataset(work / "raw", dataset_id=dataset_id, name=f"Accuracy{seed}",
+                                      num_cases=args.num_cases, num_test=args.num_test, size=args.size,
+                                      seed=10_000 + seed, empty_fraction=args.empty_fraction,
+                                      preprocessed_root=work / "preprocessed", overwrite=True)
+        harden(raw, args.contrast, args.noise, seed)
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
+            logs / "plan.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
     results = work / "results" / raw.name
-    train = ["nnUNetv2_train", str(dataset_id), "2d", "0", "-device", args.device, "-tr"]
-    out = {"raw": raw, "dataset_id": dataset_id, "models": {}, "cli": {}}
-    t0 = time.monotonic()
-    run(train + [BASELINE], env, logs / "train_baseline.log")
-    out["seconds_baseline"] = time.monotonic() - t0
+    out = {"raw": raw, "dataset_id": dataset_id, "models": {}, "seconds": {}}
     cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    train_once(BASELINE, cfenet, dataset_id, env, args, logs, out["seconds"])
     for e in args.dnet_epochs:
         name = unisegdiff_trainer(e)
-        t0 = time.monotonic()
-        run(train + [name], {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, logs / f"train_{name}.log")
-        out.setdefault("seconds_dnet", {})[e] = time.monotonic() - t0
         out["models"][e] = results / f"{name}__nnUNetPlans__2d"
+        train_once(name, out["models"][e] / "fold_0" / "checkpoint_final.pth", dataset_id,
+                   {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"])
     out["cli"] = predict_cli(seed, args, work, raw, dataset_id)
     return out
+
+
+def train_once(trainer: str, final: Path, dataset_id: int, env: dict, args, logs: Path, seconds: dict) -> None:
+    """nnUNetv2_train fold 0, unless `--reuse` and its checkpoint_final exists; its wall time into `seconds`."""
+    if args.reuse and final.is_file():
+        return
+    t0 = time.monotonic()
+    run(["nnUNetv2_train", str(dataset_id), "2d", "0", "-device", args.device, "-tr", trainer], env,
+        logs / f"train_{trainer}.log")
+    seconds[trainer] = time.monotonic() - t0
 
 
 def harden(raw: Path, contrast: float, noise: float, seed: int) -> None:
@@ -180,19 +189,6 @@ def predict_cli(seed: int, args, work: Path, raw: Path, dataset_id: int) -> dict
             env, work / "logs" / f"seed{seed}" / f"predict_{label}.log")
         out[label] = pred
     return out
-
-
-def trained_paths(seed: int, args, work: Path) -> dict:
-    """What train_seed returns, for models an earlier run left in `work`."""
-    dataset_id = args.dataset_id + seed
-    raw = work / "raw" / f"Dataset{dataset_id:03d}_Accuracy{seed}"
-    results = work / "results" / raw.name
-    models = {e: results / f"{unisegdiff_trainer(e)}__nnUNetPlans__2d" for e in args.dnet_epochs}
-    missing = [m for m in [raw, *models.values()] if not m.is_dir()]
-    if missing:
-        raise FileNotFoundError(f"--score-only: {missing[0]} not found; run once without --score-only")
-    return {"raw": raw, "dataset_id": dataset_id, "models": models,
-            "cli": predict_cli(seed, args, work, raw, dataset_id)}
 
 
 # ----------------------------------------------------------------------------- scoring one model
@@ -414,22 +410,22 @@ def main(argv=None) -> int:
                     help="torch threads in training and scoring (default 1 on the CPU: on 2 shared cores small "
                          "steps run several times faster single-threaded; 0 keeps nnU-Net's choice)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--score-only", action="store_true",
-                    help="predict with and score the models an earlier run with the same settings left in --work "
-                         "(no training)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep what --work holds from an earlier run with the same settings (datasets, finished "
+                         "trainings) and train only what is missing, e.g. more --dnet-epochs on the same CFENets")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if args.threads != 0 and (args.threads or device.type == "cpu"):
         torch.set_num_threads(args.threads or 1)
-    if args.work.exists() and not args.score_only:
+    if args.work.exists() and not args.reuse:
         shutil.rmtree(args.work)
     write_trainers(args.work / "trainers", args)
     os.environ.update(nnunet_env(args.work, args.work / "trainers"))  # the in-process predictor finds them too
     per_seed, timings = [], {}
     for seed in args.seeds:
         print(f"seed {seed}: dataset, nnUNetTrainer, UniSegDiff x {len(args.dnet_epochs)}, predictions", flush=True)
-        paths = trained_paths(seed, args, args.work) if args.score_only else train_seed(seed, args, args.work)
-        timings[seed] = {"baseline_s": paths.get("seconds_baseline"), "dnet_s": paths.get("seconds_dnet")}
+        paths = train_seed(seed, args, args.work)
+        timings[seed] = paths["seconds"]
         per_seed.append(score_seed(paths, args, device))
         print(f"seed {seed}: pixel agreement {per_seed[-1][args.dnet_epochs[0]]['pixel_agreement']}", flush=True)
         print_rows(aggregate(per_seed[-1:], args.dnet_epochs[0]))
