@@ -308,6 +308,7 @@ def summarize(case_rows: list[dict], modality_of: dict[str, str]) -> dict:
            "entropy": float(np.mean([r["entropy"] for r in case_rows]))}
     for mod in sorted(set(modality_of.values())):
         out[f"dice_{mod}"] = mean(r["dice"] for r in case_rows if modality_of[r["case"]] == mod)
+        out[f"iou_{mod}"] = mean(r["iou"] for r in case_rows if modality_of[r["case"]] == mod)
     return out
 
 
