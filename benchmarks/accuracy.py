@@ -381,7 +381,8 @@ def aggregate(per_seed: list[dict], epochs: int) -> list[dict]:
     return table
 
 
-def print_rows(table: list[dict]) -> None:
+def display(table: list[dict]) -> tuple[list[dict], list[tuple[str, str, str]]]:
+    """The table's rows as formatted cells and its columns (key, header, format)."""
     mods = sorted(k[5:] for k in table[0] if k.startswith("dice_") and not k.endswith("_sd")
                   and k[5:] not in ("all", "lesion"))
     shown = [{"row": r["row"], **{k: fmt(r, k) for k in ["dice_all", "dice_lesion", *[f"dice_{m}" for m in mods],
@@ -391,7 +392,18 @@ def print_rows(table: list[dict]) -> None:
     cols = [("row", "row", "s"), ("dice_all", "Dice all", "s"), ("dice_lesion", "Dice lesion imgs", "s"),
             *[(f"dice_{m}", f"Dice {m}", "s") for m in mods], ("iou_all", "IoU all", "s"),
             ("false", "false-lesion imgs", "s"), ("entropy", "entropy", "s")]
-    print_table(shown, cols)
+    return shown, cols
+
+
+def print_rows(table: list[dict]) -> None:
+    print_table(*display(table))
+
+
+def markdown_rows(table: list[dict]) -> str:
+    shown, cols = display(table)
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|---" + "|---:" * (len(cols) - 1) + "|"]
+    lines += ["| " + " | ".join(str(r[k]) for k, _, _ in cols) + " |" for r in shown]
+    return "\n".join(lines) + "\n"
 
 
 def fmt(row: dict, key: str) -> str:
@@ -446,7 +458,11 @@ def main(argv=None) -> int:
     for e in args.dnet_epochs:
         print(f"\nHeld-out, mean ± sd over seeds {args.seeds}; phase B {e} epochs x {args.iterations} iterations")
         print_rows(results["tables"][e])
-    write_json("accuracy", meta(device, settings={k: str(v) for k, v in vars(args).items()}), results, args.json)
+    path = write_json("accuracy", meta(device, settings={k: str(v) for k, v in vars(args).items()}), results,
+                      args.json)
+    path.with_suffix(".md").write_text("".join(
+        f"Phase B {e} epochs x {args.iterations} iterations, seeds {args.seeds}, mean ± sd\n\n"
+        + markdown_rows(results["tables"][e]) + "\n" for e in args.dnet_epochs))
     return 0
 
 
