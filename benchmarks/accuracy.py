@@ -208,6 +208,7 @@ def fusion_rows(prefix: str, result, num_classes: int, draws: int) -> dict[str, 
             f"{prefix}: vote": fuse_masks(m, num_classes, "vote")[0],
             f"{prefix}: STAPLE (paper)": fuse_masks(m, num_classes, "staple")[0],
             f"{prefix}: STAPLE (ITK)": staple_multiclass(m, num_classes, batched=True, mode="itk")[0],
+            f"{prefix}: STAPLE (3% pseudo-pixels)": fuse_masks(m, num_classes, "staple", 0.03)[0],
             f"{prefix}: mean probability": mean_probability(result.probs[0])}
 
 
@@ -240,18 +241,7 @@ def row_probabilities(net, x: torch.Tensor, samplers: dict[str, SamplerConfig]) 
     finally:
         net.sampler = shipped
     rows["UniSegDiff default (network forward)"] = net.predict_probabilities(x)[0]
-    rows.update(with_cfenet_rows(net, x, rows["CFENet alone"]))
     return rows
-
-
-def with_cfenet_rows(net, x: torch.Tensor, cfenet_probs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Two ways to let CFENet's own prediction into the default's fusion: as a 21st STAPLE rater, and
-    as an equal-weight average of the fused and CFENet's probabilities. cfenet_probs: (C, *spatial)."""
-    masks = net.sample(x).masks  # (1, N, *spatial): the default's draws (seeded: the same again)
-    with_rater = torch.cat((masks, cfenet_probs.argmax(0)[None, None]), dim=1)
-    fused = fuse_masks(masks, net.num_classes, net.settings.fusion)[0]
-    return {"default + CFENet as a STAPLE rater": fuse_masks(with_rater, net.num_classes, "staple")[0],
-            "default, averaged with CFENet": (fused + cfenet_probs) / 2}
 
 
 def case_scores(seg: np.ndarray, gt: np.ndarray, labels: list[int]) -> dict:

@@ -29,6 +29,7 @@ class UniSegDiffSettings:
     use_dca: bool = True
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     fusion: str = "staple"           # or "vote" (no-STAPLE ablation)
+    staple_pseudo_pixels: float | None = 0.03  # STAPLE's rate prior, fraction of pixels (None: paper, 1 pixel)
     seed: int | None = 0             # noise seed per forward call: predictions are reproducible
 
 
@@ -89,7 +90,8 @@ class UniSegDiffNetwork(nn.Module):
 
     def predict_probabilities(self, image: Tensor) -> Tensor:
         """(B, C_in, *spatial) -> fused class probabilities (B, C, *spatial)."""
-        return fuse_masks(self.sample(image).masks, self.num_classes, self.settings.fusion)
+        return fuse_masks(self.sample(image).masks, self.num_classes, self.settings.fusion,
+                          self.settings.staple_pseudo_pixels)
 
 
 def build_unisegdiff_network(plans_manager: PlansManager, configuration_manager: ConfigurationManager,

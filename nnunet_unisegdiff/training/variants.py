@@ -108,5 +108,6 @@ class nnUNetTrainerDemoBaseline(nnUNetTrainer):
 
 class nnUNetTrainerUniSegDiffPaper(nnUNetTrainerUniSegDiff):
     """The paper's inference taken literally: DR draws from the eps decoder, PM estimates unclamped,
-    STAPLE with a fixed prior of 0.5."""
-    unisegdiff = replace(_BASE, sampler=SamplerConfig(clamp_x0=False, dr_head="eps"), fusion="staple")
+    STAPLE with a fixed prior of 0.5 (and one pseudo-pixel)."""
+    unisegdiff = replace(_BASE, sampler=SamplerConfig(clamp_x0=False, dr_head="eps"), fusion="staple",
+                         staple_pseudo_pixels=None)

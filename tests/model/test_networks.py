@@ -100,7 +100,8 @@ def test_eval_forward_returns_finite_logits_of_the_fused_posterior(plan, request
     assert logits.shape == (1, 2, *cfg.patch_size) and torch.isfinite(logits).all()
     result = net.sample(x)
     assert result.masks.shape == (1, 4, *cfg.patch_size)  # 2 branches x 2 draws
-    expected = probabilities_to_logits(fuse_masks(result.masks, 2))
+    fused = fuse_masks(result.masks, 2, net.settings.fusion, net.settings.staple_pseudo_pixels)
+    expected = probabilities_to_logits(fused)
     assert torch.allclose(logits, expected)  # seeded: the same draws again
     assert torch.allclose(logits.softmax(1).sum(1), torch.ones(1))
     assert torch.isfinite(logits.half()).all()  # nnU-Net accumulates in fp16
