@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from PIL import Image
 
 from _common import RESULTS, meta, print_table, write_json
@@ -219,37 +220,25 @@ def mean_probability(probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rs_only(net, x: torch.Tensor, cond: list[torch.Tensor]) -> torch.Tensor:
-    """The RS call alone: x0 logits from the same X999 the staged sampler starts from -> (C, *spatial)."""
-    generator = torch.Generator(device=x.device).manual_seed(net.settings.seed or 0)
-    x_T = torch.randn((1, net.num_classes, *x.shape[2:]), device=x.device, generator=generator)
-    top = net.sampler.config.num_timesteps - 1
-    _, logits = net.dnet(x_T, torch.full((1,), top, device=x.device, dtype=torch.long), cond)
-    return logits.float().softmax(1)[0]
-
-
-@torch.no_grad()
 def row_probabilities(net, x: torch.Tensor, samplers: dict[str, SamplerConfig]) -> dict[str, torch.Tensor]:
-    """Every row's class probabilities (C, *spatial) for one preprocessed image x (1, C_in, *spatial)."""
+    """Every row's class probabilities (C, *spatial) for one preprocessed image x (1, C_in, *spatial).
+    CFENet runs once; every sampler starts from the same seeded X999 (so the one-step plan is the
+    staged plan's own RS call)."""
     logits, cond = net.condition(x)
-    rows = {"CFENet alone": logits.float().softmax(1)[0], "RS call only": rs_only(net, x, cond)}
-    shipped = net.sampler
-    try:
-        for name, config in samplers.items():
-            net.sampler = StagedSampler(config)
-            rows.update(fusion_rows(name, net.sample(x), net.num_classes, config.draws_per_branch))
-    finally:
-        net.sampler = shipped
-    rows["UniSegDiff default (network forward)"] = net.predict_probabilities(x)[0]
+    rs = net.sample(x, StagedSampler(SamplerConfig(plan="one-step", draws_per_branch=1)), cond)
+    rows = {"CFENet alone": logits.float().softmax(1)[0], "RS call only": rs.probs[0, 0]}
+    for name, config in samplers.items():
+        result = net.sample(x, StagedSampler(config), cond)
+        rows.update(fusion_rows(name, result, net.num_classes, config.draws_per_branch))
+    rows["UniSegDiff default (network forward)"] = net.predict_probabilities(x, cond)[0]
     return rows
 
 
 def case_scores(seg: np.ndarray, gt: np.ndarray, labels: list[int]) -> dict:
-    """Dice / IoU averaged over lesion labels; NaN where neither mask has the label (nnU-Net's rule)."""
+    """Dice / IoU averaged over lesion labels (nnU-Net's counts); NaN where neither mask has the label."""
     dice, iou = [], []
     for k in labels:
-        p, g = seg == k, gt == k
-        tp, fp, fn = int((p & g).sum()), int((p & ~g).sum()), int((~p & g).sum())
+        tp, fp, fn, _ = compute_tp_fp_fn_tn(gt == k, seg == k)
         denom = 2 * tp + fp + fn
         dice.append(2 * tp / denom if denom else np.nan)
         iou.append(tp / (tp + fp + fn) if denom else np.nan)

@@ -71,9 +71,13 @@ class UniSegDiffNetwork(nn.Module):
         return probabilities_to_logits(self.predict_probabilities(image))
 
     @torch.no_grad()
-    def sample(self, image: Tensor):
-        """Staged sampling for a batch of images: SampleResult with (B, N, *spatial) masks."""
-        _, cond = self.condition(image)
+    def sample(self, image: Tensor, sampler: StagedSampler | None = None, cond: list[Tensor] | None = None):
+        """Staged sampling for a batch of images: SampleResult with (B, N, *spatial) masks. `sampler`
+        (default: this network's) and `cond` (CFENet's features of `image`, if already computed) let
+        one CFENet pass serve several sampler settings."""
+        sampler = sampler or self.sampler
+        if cond is None:
+            _, cond = self.condition(image)
         cond_cache: dict[int, list[Tensor]] = {}
 
         def denoise(x_t: Tensor, t: Tensor):
@@ -86,11 +90,11 @@ class UniSegDiffNetwork(nn.Module):
         if self.settings.seed is not None:
             generator = torch.Generator(device=image.device).manual_seed(self.settings.seed)
         shape = (image.shape[0], self.num_classes, *image.shape[2:])
-        return self.sampler.sample(denoise, shape, image.device, generator)
+        return sampler.sample(denoise, shape, image.device, generator)
 
-    def predict_probabilities(self, image: Tensor) -> Tensor:
+    def predict_probabilities(self, image: Tensor, cond: list[Tensor] | None = None) -> Tensor:
         """(B, C_in, *spatial) -> fused class probabilities (B, C, *spatial)."""
-        return fuse_masks(self.sample(image).masks, self.num_classes, self.settings.fusion,
+        return fuse_masks(self.sample(image, cond=cond).masks, self.num_classes, self.settings.fusion,
                           self.settings.staple_pseudo_pixels)
 
 

@@ -100,6 +100,7 @@ def test_eval_forward_returns_finite_logits_of_the_fused_posterior(plan, request
     assert logits.shape == (1, 2, *cfg.patch_size) and torch.isfinite(logits).all()
     result = net.sample(x)
     assert result.masks.shape == (1, 4, *cfg.patch_size)  # 2 branches x 2 draws
+    assert torch.equal(net.sample(x, net.sampler, net.condition(x)[1]).masks, result.masks)  # reused CFENet pass
     fused = fuse_masks(result.masks, 2, net.settings.fusion, net.settings.staple_pseudo_pixels)
     expected = probabilities_to_logits(fused)
     assert torch.allclose(logits, expected)  # seeded: the same draws again
