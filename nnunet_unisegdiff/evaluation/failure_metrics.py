@@ -17,7 +17,7 @@ benchmark of Zenk et al. (MedIA 2025) and Jaeger et al. (ICLR 2023).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

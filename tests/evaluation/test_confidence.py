@@ -2,8 +2,11 @@
 import numpy as np
 import pytest
 
-from nnunet_unisegdiff.evaluation.confidence import (case_confidence, empty_prediction_confidence,
-                                                     foreground_soft_dice)
+from nnunet_unisegdiff.evaluation.confidence import (
+    case_confidence,
+    empty_prediction_confidence,
+    foreground_soft_dice,
+)
 
 H = W = 32
 
@@ -71,7 +74,7 @@ def test_empty_prediction_score_by_hand_and_symmetric_to_a_lesion():
 
 def test_planted_cases_are_ranked_in_the_planted_order():
     scores = {name: case_confidence(probs) for name, probs in planted_stack().items()}
-    assert list(sorted(scores, key=scores.get, reverse=True)) == list(planted_stack())
+    assert sorted(scores, key=scores.get, reverse=True) == list(planted_stack())
     assert scores["crisp"] == pytest.approx(1.0)
     assert scores["empty_confident"] == pytest.approx(2 * 0.99 / 1.99)
     assert scores["empty_near_threshold"] == pytest.approx(2 * 0.52 / 1.52)

@@ -4,8 +4,14 @@ import itertools
 import numpy as np
 import pytest
 
-from nnunet_unisegdiff.evaluation.failure_metrics import (CalibrationAccumulator, auroc, aurc, average_ranks, dice,
-                                                          mean_pairwise_dice)
+from nnunet_unisegdiff.evaluation.failure_metrics import (
+    CalibrationAccumulator,
+    aurc,
+    auroc,
+    average_ranks,
+    dice,
+    mean_pairwise_dice,
+)
 
 
 def test_auroc_by_hand():

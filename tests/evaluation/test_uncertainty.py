@@ -146,7 +146,8 @@ def planted_folder(folder, kind: str) -> list[str]:
 def test_csv_has_a_confidence_column_that_ranks_the_planted_cases(tmp_path, kind):
     planted = planted_folder(tmp_path / kind, kind)
     write_uncertainty(tmp_path / kind)
-    rows = list(csv.DictReader(open(tmp_path / kind / "uncertainty" / "uncertainty.csv")))
+    with open(tmp_path / kind / "uncertainty" / "uncertainty.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == planted  # the csv keeps the case order
     conf = {r["case"]: float(r["confidence"]) for r in rows}
     assert all(0.0 <= c <= 1.0 for c in conf.values())
