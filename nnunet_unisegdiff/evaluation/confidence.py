@@ -21,6 +21,9 @@ m_c = (argmax_k p_k == c) that nnU-Net writes from them:
   are crisp (1 inside the mask, 0 outside) and falls when the lesion's pixels are barely above the
   decision boundary or probability mass lies outside it (a blurred border, a second near-lesion):
   a self-consistency of the map with its own decision, the "soft Dice confidence" of the issue.
+  Probabilities below `FLOOR` (0.05) count as 0 in it: summed over a large image, a far field of
+  near-zero values (1e-4 over the 10^7 voxels of a CT is 1000 voxels' worth) would otherwise
+  outweigh a small lesion and rank cases by image size, not by doubt.
 * **No lesion is predicted**: an empty prediction is confident when no pixel comes near the
   decision boundary. With q(x) = max_{c>0} p_c(x) / (p_c(x) + p_0(x)), the probability of the
   strongest foreground class against background (< 0.5 wherever background wins the argmax; for a
@@ -44,12 +47,16 @@ from __future__ import annotations
 import numpy as np
 
 EPS = 1e-12
+FLOOR = 0.05  # probabilities below this count as 0 in the soft Dice (the far field of a large image)
 
 
-def foreground_soft_dice(p: np.ndarray, mask: np.ndarray) -> float:
-    """Soft Dice 2 sum(p m) / (sum(p) + sum(m)) between one class's probabilities and a binary mask
-    (1.0 when both are empty: nothing predicted, nothing probable)."""
+def foreground_soft_dice(p: np.ndarray, mask: np.ndarray, floor: float = FLOOR) -> float:
+    """Soft Dice 2 sum(p m) / (sum(p) + sum(m)) between one class's probabilities and a binary mask,
+    probabilities below `floor` set to 0 (1.0 when both are empty: nothing predicted, nothing
+    probable)."""
     p = np.asarray(p, dtype=np.float32)
+    if floor > 0:
+        p = np.where(p >= floor, p, np.float32(0))
     m = np.asarray(mask, dtype=bool)
     denom = float(p.sum(dtype=np.float64)) + float(m.sum())
     if denom <= EPS:
@@ -68,7 +75,7 @@ def empty_prediction_confidence(probs: np.ndarray) -> float:
     return float(np.clip(2.0 * (1.0 - q_star) / (2.0 - q_star), 0.0, 1.0))
 
 
-def case_confidence(probs: np.ndarray) -> float:
+def case_confidence(probs: np.ndarray, floor: float = FLOOR) -> float:
     """The per-case confidence in [0, 1] defined in the module docstring.
     probs: (C, *spatial) class probabilities summing to 1 over axis 0, background first."""
     probs = np.asarray(probs)
@@ -78,4 +85,4 @@ def case_confidence(probs: np.ndarray) -> float:
     present = [c for c in range(1, probs.shape[0]) if (prediction == c).any()]
     if not present:
         return empty_prediction_confidence(probs)
-    return float(np.mean([foreground_soft_dice(probs[c], prediction == c) for c in present]))
+    return float(np.mean([foreground_soft_dice(probs[c], prediction == c, floor) for c in present]))

@@ -117,3 +117,18 @@ def test_confidence_lies_in_0_1_for_random_maps_and_any_dtype():
 def test_confidence_rejects_a_single_channel():
     with pytest.raises(ValueError, match="C >= 2"):
         case_confidence(np.ones((1, 4, 4)))
+
+
+def test_a_near_zero_far_field_does_not_rank_cases_by_image_size():
+    def case(size: int, far: float) -> np.ndarray:
+        p = np.full((size, size), far)
+        p[:8, :8] = 0.99  # the same small crisp lesion
+        return binary(p)
+    small, large = case(32, 1e-3), case(1024, 1e-3)
+    assert case_confidence(small) == pytest.approx(case_confidence(large), abs=1e-6)
+    assert case_confidence(large) > 0.99
+    assert case_confidence(large, floor=0.0) < 0.2  # without the floor, 1e6 pixels of 1e-3 swamp 64 pixels
+    doubt = case(1024, 1e-3)
+    doubt[1, 500:510, 500:510], doubt[0, 500:510, 500:510] = 0.3, 0.7  # a second near-lesion still counts
+    # by hand: 64 lesion pixels at 0.99, 100 near-lesion pixels at 0.3, the far field dropped
+    assert case_confidence(doubt) == pytest.approx(2 * 0.99 * 64 / (0.99 * 64 + 0.3 * 100 + 64), rel=1e-5)
