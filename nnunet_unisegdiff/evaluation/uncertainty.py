@@ -1,4 +1,5 @@
-"""`unisegdiff uncertainty`: per-pixel uncertainty maps a person can look at, from the class
+"""`unisegdiff uncertainty`: per-pixel uncertainty maps a person can look at, and a per-case
+`confidence` that ranks the cases for review (least confident first), from the class
 probabilities nnU-Net saves with `--save_probabilities`.
 
 For UniSegDiff those probabilities are the STAPLE posterior of the 20 staged samples (paper
@@ -23,14 +24,16 @@ evaluators such as `nnUNetv2_evaluate_folder` treat every `.png` beside the labe
   `CASE.nii.gz` that nnUNetv2_predict wrote beside the `.npz` (or from the image in `--images`),
   so it overlays the scan in any viewer;
 * `uncertainty.csv`: per case the `confidence` (below), the mean entropy, its 95th percentile,
-  the fraction of pixels above 0.5 and `review_rank` (1 = least confident).
+  the fraction of pixels above 0.5, the predicted lesion's size, `review_rank` (1 = least
+  confident) and, in 3D, the NIfTI map's name (empty when no geometry was found).
 
 `confidence` is a per-case score in [0, 1], higher = more likely a good segmentation
 (`nnunet_unisegdiff.evaluation.confidence`): the soft Dice between the foreground probabilities
 and their own mask when a lesion is predicted, and for an empty prediction how far its most
 lesion-like pixel stays below 0.5. It reads only the probabilities, so nnUNetTrainer's softmax and
-UniSegDiff's fused draws are scored alike. The command prints the cases ranked by it, least
-confident first: the review list.
+UniSegDiff's fused draws are scored alike, and it is only as informative as they are: a posterior
+saturated to 0/1 gives every case a confidence near 1. The command prints the cases ranked by it,
+least confident first: the review list.
 """
 from __future__ import annotations
 
