@@ -197,8 +197,8 @@ def write_volume_map(values: np.ndarray, path: Path, geometry_file: Path) -> boo
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     array, props = SimpleITKIO().read_images([str(geometry_file)])  # read_seg is this for one file
     spatial = array.shape[1:]
-    if len(props["sitk_stuff"]["spacing"]) != 3 or int(np.prod(spatial)) != values.size \
-            or tuple(s for s in spatial if s != 1) != tuple(s for s in values.shape if s != 1):
+    squeezed = tuple(s for s in spatial if s != 1)  # load_probabilities drops singleton axes too
+    if len(props["sitk_stuff"]["spacing"]) != 3 or squeezed != tuple(s for s in values.shape if s != 1):
         warnings.warn(f"{geometry_file}: shape {spatial} differs from the probabilities' {values.shape}; "
                       f"{path.name} not written", stacklevel=2)
         return False
