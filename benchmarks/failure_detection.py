@@ -16,8 +16,8 @@ with any predicted lesion 0. Per model and per-case score:
 * AURC, risk 1 - Dice (lower is better; `aurc_oracle` is the best any score could reach);
 * per model, pixel ECE (15 bins of the foreground probability 1 - p_background) and Brier score.
 
-Scores: `mean_entropy` (the image's mean normalised entropy, `unisegdiff uncertainty`'s old
-column), `confidence` (the soft-Dice confidence, `nnunet_unisegdiff.evaluation.confidence`) for
+Scores: `mean_entropy` (the image's mean normalised entropy, a column of `unisegdiff
+uncertainty`'s csv before the confidence), `confidence` (the soft-Dice confidence, `nnunet_unisegdiff.evaluation.confidence`) for
 every model; an ensemble (several models' folders, e.g. nnU-Net folds; its prediction is the argmax
 of the mean probabilities, as `nnUNetv2_ensemble` makes it) is also scored by `pairwise_dice`, the
 mean Dice between its members' masks (Zenk et al., MedIA 2025), at N times one model's compute.

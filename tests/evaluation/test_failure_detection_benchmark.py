@@ -84,3 +84,28 @@ def test_smoke_run_writes_the_table_json_and_markdown(tmp_path):
     md = out.with_suffix(".md").read_text().splitlines()
     assert md[0].startswith("| model | score |") and len(md) == 2 + len(rows)
     assert "AUROC<0.5" in proc.stdout
+
+
+def test_3d_nifti_folders_are_scored_with_the_empty_rule(bench, tmp_path):
+    import SimpleITK as sitk
+
+    def nifti(path, array):
+        sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
+
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    lesion = np.zeros((4, 6, 6), np.uint8)
+    lesion[1:3, 2:4, 2:4] = 1
+    half = lesion.copy()
+    half[2] = 0
+    cases = {"a": (lesion, lesion), "b": (lesion, half), "c": (np.zeros_like(lesion), lesion)}  # (gt, prediction)
+    for case, (gt, pred) in cases.items():
+        nifti(gt_dir / f"{case}.nii.gz", gt)
+        nifti(pred_dir / f"{case}.nii.gz", pred)
+        p = np.where(pred > 0, 0.9, 0.05)
+        np.savez(pred_dir / f"{case}.npz", probabilities=np.stack([1 - p, p]).astype(np.float32))
+    result = bench.score_model("m", [pred_dir], bench.Labels(gt_dir))
+    dices = {c["case"]: c["dice"] for c in result["cases"]}
+    assert dices == pytest.approx({"a": 1.0, "b": 2 * 4 / (8 + 4), "c": 0.0})
+    assert result["pixels"] == 3 * lesion.size
