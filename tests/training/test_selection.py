@@ -1,5 +1,7 @@
 """Choosing the inference pipeline on validation cases: the planted winner wins, near-ties go to CFENet,
 a false lesion on a lesion-free image costs that case its whole score."""
+import json
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,28 @@ def test_a_dnet_pipeline_must_beat_cfenet_by_the_margin(gain, expected):
 
 def test_cfenet_kept_when_it_is_best():
     assert choose_pipeline({"cfenet": {"dice": 90.0}, "rs": {"dice": 89.9}}, margin=0.0) == "cfenet"
+
+
+def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys):
+    import torch
+
+    from nnunet_unisegdiff.cli import main
+    from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
+    from nnunet_unisegdiff.training.selection import write_record
+
+    net = build_unisegdiff_network(*plan_2d, 3, 2, False, UniSegDiffSettings(dnet_width=0.25, token_budget=64))
+    fold = tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d" / "fold_0"
+    fold.mkdir(parents=True)
+    torch.save({"network_weights": net.state_dict()}, fold / "checkpoint_final.pth")
+    write_record(fold, "diffusion", {"cfenet": {"dice": 80.0, "dice_lesion": 85.0, "false_lesions": 1,
+                                                "lesion_free": 2, "cases": 5}}, "test rule")
+    assert main(["pipeline", str(fold.parent), "--set", "cfenet"]) == 0
+    saved = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert saved["network_weights"]["_extra_state"]["settings"]["pipeline"] == "cfenet"
+    rebuilt = build_unisegdiff_network(*plan_2d, 3, 2, False, UniSegDiffSettings(dnet_width=0.25, token_budget=64))
+    rebuilt.load_state_dict(saved["network_weights"])
+    assert rebuilt.settings.pipeline == "cfenet"
+    assert json.loads((fold / "inference_pipeline.json").read_text())["overridden"]["was"] == "diffusion"
+    assert main(["pipeline", str(fold.parent)]) == 0
+    assert "predicts with: cfenet" in capsys.readouterr().out
+    assert main(["pipeline", str(fold.parent), "-f", "3"]) == 1  # a missing fold is named, not a traceback
