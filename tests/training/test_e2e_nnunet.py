@@ -14,6 +14,7 @@ import torch
 from skimage.io import imread
 
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
+from nnunet_unisegdiff.model.settings import PIPELINES
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 
 DATASET_ID = 971
@@ -63,6 +64,11 @@ def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
     assert final["unisegdiff"]["phase"] == "B" and final["current_epoch"] == 4
     assert bool(final["network_weights"]["dnet_trained"])
     assert final["inference_allowed_mirroring_axes"] is None
+    # after phase B the trainer chose its inference pipeline on the fold's validation cases
+    record = json.loads((fold_dir / "inference_pipeline.json").read_text())
+    assert set(record["table"]) == set(PIPELINES) and record["chosen"] in PIPELINES
+    assert final["network_weights"]["_extra_state"]["settings"]["pipeline"] == record["chosen"]
+    assert f"Inference pipeline: {record['chosen']}" in log
     logs = final["logging"]
     assert np.isnan(logs["train_loss_rs"][0]) and np.isfinite(logs["train_loss_rs"][2:]).all(), \
         "per-stage losses are logged in phase B only"
