@@ -38,18 +38,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, meta, print_table, write_json
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from PIL import Image
 
-from _common import RESULTS, meta, print_table, write_json
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
-from nnunet_unisegdiff.evaluation.evaluate import load_sources
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
-from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 from nnunet_unisegdiff.diffusion.staple import staple_multiclass
-from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
+from nnunet_unisegdiff.evaluation.evaluate import load_sources
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
+from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
+from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffPaper
 
 BIN = Path(sys.executable).parent
@@ -390,7 +390,8 @@ def fmt(row: dict, key: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--num-cases", type=int, default=80, help="training images per seed")
     ap.add_argument("--num-test", type=int, default=40, help="held-out images per seed")

@@ -59,8 +59,8 @@ def batches(images, labels, batch_size: int, seed: int):
 def dice_per_case(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Foreground Dice of (n, *spatial) hard predictions; both empty -> 1."""
     out = []
-    for p, l in zip(pred.bool(), labels[:, 0].bool()):
-        tp, s = (p & l).sum().item(), p.sum().item() + l.sum().item()
+    for p, lab in zip(pred.bool(), labels[:, 0].bool()):
+        tp, s = (p & lab).sum().item(), p.sum().item() + lab.sum().item()
         out.append(1.0 if s == 0 else 2 * tp / s)
     return out
 
@@ -133,7 +133,7 @@ def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -
         for group in opt.param_groups:
             group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * (step - 1) / args.steps))
         x, y = (t.to(device) for t in next(data))
-        loss, _ = phase_b_loss(lambda x_t, t: net(x, x_t, t), y, objective, seg_loss, ac, net.num_classes, gen)
+        loss, _ = phase_b_loss(lambda x_t, t, x=x: net(x, x_t, t), y, objective, seg_loss, ac, net.num_classes, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.dnet.parameters(), 12)

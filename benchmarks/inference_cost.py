@@ -155,8 +155,8 @@ def main() -> None:
                          "step_seconds": median([r["step_seconds"] for r in runs]) if runs[0]["extrapolated"] else None,
                          "all_seconds": [r["seconds"] for r in runs]})
             r = rows[-1]
-            print(f"  {cname} {p}: {sec:.2f} s/image ({'extrapolated from ' + str(r['measured_calls']) + ' calls' if r['extrapolated'] else 'measured'})",
-                  flush=True)
+            how = f"extrapolated from {r['measured_calls']} calls" if r["extrapolated"] else "measured"
+            print(f"  {cname} {p}: {sec:.2f} s/image ({how})", flush=True)
         del net
         if device.type == "cuda":
             torch.cuda.empty_cache()

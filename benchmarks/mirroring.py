@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import meta, print_table, write_json
 from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-from _common import meta, print_table, write_json
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:

@@ -73,12 +73,12 @@ def main() -> None:
         filt = sitk.STAPLEImageFilter()
         filt.SetForegroundValue(1.0)
 
-        def run_sitk():
+        def run_sitk(filt=filt, imgs=imgs):
             return sitk.GetArrayViewFromImage(filt.Execute(imgs)).copy()
 
         stack_dev = stack.to(device)
         t_sitk, t_sitk_min, ref = time_it(run_sitk, args.repeats, lambda: None)
-        t_torch, t_torch_min, post = time_it(lambda: staple(stack_dev), args.repeats, sync)
+        t_torch, t_torch_min, post = time_it(lambda s=stack_dev: staple(s), args.repeats, sync)
         a, b = post.cpu().numpy() > 0.5, ref > 0.5
         dice = float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
         rows.append({"stack": name, "torch_s": t_torch, "simpleitk_s": t_sitk, "speedup": t_sitk / t_torch,

@@ -234,7 +234,8 @@ def main() -> None:
                        ("b_mem_rise_mib", "B rise MiB", ".0f")])
     write_json("training_step", meta(device, repeats=args.repeats, target_ratio=TARGET, batch_size=args.batch_size,
                                      memory="CUDA: max_memory_allocated; CPU: peak RSS (VmHWM) of a subprocess running "
-                                            f"{args.worker_steps} steps of one variant; rise = peak - RSS before the first step",
+                                            f"{args.worker_steps} steps of one variant; "
+                                            "rise = peak - RSS before the first step",
                                      timing="median seconds per iteration, A and B alternating; ratio = median of "
                                             "paired B/A"), rows, args.json)
 

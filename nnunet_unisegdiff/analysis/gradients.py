@@ -27,9 +27,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -219,7 +219,8 @@ def build_model(trainer_cls, plans: dict, dataset_json: dict, configuration: str
     """(network, plans manager, configuration manager, seg loss) as the trainer builds them."""
     pm = PlansManager(plans)
     if configuration not in pm.available_configurations:
-        raise GradientError(f"configuration {configuration!r} not in the plans ({', '.join(pm.available_configurations)})")
+        known = ", ".join(pm.available_configurations)
+        raise GradientError(f"configuration {configuration!r} not in the plans ({known})")
     cm = pm.get_configuration(configuration)
     lm = pm.get_label_manager(dataset_json)
     if lm.has_regions:
@@ -246,7 +247,8 @@ def _crop_or_pad(array: np.ndarray, patch: Sequence[int], centre: Sequence[float
     return out
 
 
-def load_preprocessed_batch(folder: Path, cm, batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_preprocessed_batch(folder: Path, cm, batch_size: int,
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A batch of preprocessed cases (lesion cases first), cropped around the lesion to the patch
     size; 2d configurations take each case's slice with the most foreground."""
     data_dir = folder / cm.data_identifier

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, list_files, lazy_case, natural_key, sanitize_id
+from .common import BadPairError, Case, LayoutError, lazy_case, list_files, natural_key, sanitize_id
 from .registry import BINARY, ConverterSpec
 
 SOURCE = "AMD-SD"

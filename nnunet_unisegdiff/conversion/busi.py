@@ -27,7 +27,8 @@ from .registry import BINARY, RGB, ConverterSpec
 CLASSES = ("benign", "malignant", "normal")
 _IMAGE = re.compile(r"^(?P<cls>[A-Za-z]+)\s*\((?P<n>\d+)\)$")
 _MASK = re.compile(r"^(?P<cls>[A-Za-z]+)\s*\((?P<n>\d+)\)_mask(?:_(?P<k>\d+))?$")
-DOWNLOAD = "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset (Dataset_BUSI.zip; Kaggle: aryashah2k/breast-ultrasound-images-dataset)"
+DOWNLOAD = ("https://scholar.cu.edu.eg/?q=afahmy/pages/dataset "
+            "(Dataset_BUSI.zip; Kaggle: aryashah2k/breast-ultrasound-images-dataset)")
 
 
 def find_root(source_dir: Path) -> Path:

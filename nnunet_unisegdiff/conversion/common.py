@@ -40,9 +40,9 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
@@ -341,7 +341,7 @@ def _check_declaration(dataset_id: int, name: str, channel_names: dict, labels: 
     if not 0 < int(dataset_id) < 1000:
         raise ValueError(f"dataset_id must be 1..999, got {dataset_id}")
     if 1 <= int(dataset_id) <= 10:
-        warnings.warn(f"dataset ID {dataset_id} is reserved for the Medical Segmentation Decathlon")
+        warnings.warn(f"dataset ID {dataset_id} is reserved for the Medical Segmentation Decathlon", stacklevel=2)
     sanitize_id(name)
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or "__" in name:
         raise ValueError(f"dataset name {name!r}: use only letters, digits, '-' and single '_'")

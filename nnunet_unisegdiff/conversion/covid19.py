@@ -33,9 +33,9 @@ from __future__ import annotations
 import argparse
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

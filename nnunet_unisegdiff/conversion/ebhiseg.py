@@ -17,11 +17,21 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from .common import (Case, LayoutError, Orphan, lazy_case, list_files, natural_key,
-                     pair_by_stem, read_image, read_mask, sanitize_id)
+from .common import (
+    Case,
+    LayoutError,
+    Orphan,
+    lazy_case,
+    list_files,
+    natural_key,
+    pair_by_stem,
+    read_image,
+    read_mask,
+    sanitize_id,
+)
 from .registry import RGB, ConverterSpec
 
 SOURCE = "EBHI-Seg"

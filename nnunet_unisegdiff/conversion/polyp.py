@@ -31,8 +31,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import (IMAGE_EXTS, Case, LayoutError, Orphan, lazy_case, list_files, natural_key, pair_by_stem,
-                     read_image, read_mask, sanitize_id)
+from .common import (
+    IMAGE_EXTS,
+    Case,
+    LayoutError,
+    Orphan,
+    lazy_case,
+    list_files,
+    natural_key,
+    pair_by_stem,
+    read_image,
+    read_mask,
+    sanitize_id,
+)
 from .registry import BINARY, RGB, ConverterSpec
 
 log = logging.getLogger("nnunet_unisegdiff.conversion")

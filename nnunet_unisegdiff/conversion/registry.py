@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .common import Case, LayoutError, Orphan, write_dataset
 
@@ -89,7 +90,7 @@ def get_spec(name: str) -> ConverterSpec:
 def available_specs() -> list[ConverterSpec]:
     """Specs of the converters whose module exists (others are skipped silently)."""
     out = []
-    for name, module in CONVERTER_MODULES.items():
+    for module in CONVERTER_MODULES.values():
         try:
             out.append(importlib.import_module(module).SPEC)
         except ModuleNotFoundError as e:

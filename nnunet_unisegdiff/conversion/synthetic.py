@@ -24,8 +24,8 @@ writes `imagesTr/labelsTr` and the held-out `imagesTs/labelsTs`. From Python:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def generate_pair(rng: np.random.Generator, *, size: int = 64, modality: str = "
     label = np.zeros((size, size), np.uint8)
     blobs: list[tuple[np.ndarray, int]] = []
     if not empty:
-        for attempt in range(int(rng.integers(1, 3)) * 4):  # 1-2 lesions, never touching
+        for _attempt in range(int(rng.integers(1, 3)) * 4):  # 1-2 lesions, never touching
             f = _lesion_field(rng, size)
             if label[f > -0.35].any():
                 continue

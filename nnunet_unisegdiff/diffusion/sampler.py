@@ -15,8 +15,9 @@ The sampler knows nothing of networks: it gets `denoise(x_t, t_told) -> (eps_hat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor

@@ -45,8 +45,8 @@ import re
 import sys
 import textwrap
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -238,7 +238,9 @@ def find_dataset_json(*folders: Path) -> Path | None:
 def reader_writer(file_ending: str, example_file: Path, dataset_json: dict | None):
     """nnU-Net's reader/writer for these label files (dataset.json's choice when there is one)."""
     from nnunetv2.imageio.reader_writer_registry import (
-        determine_reader_writer_from_dataset_json, determine_reader_writer_from_file_ending)
+        determine_reader_writer_from_dataset_json,
+        determine_reader_writer_from_file_ending,
+    )
     if dataset_json is not None and dataset_json.get("file_ending") == file_ending:
         cls = determine_reader_writer_from_dataset_json(dataset_json, str(example_file),
                                                         verbose=False)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 PM = "\u00b1"  # the paper's "84.4 ± 1.2"
 

@@ -11,7 +11,6 @@ from nnunet_unisegdiff.conversion import busi
 from nnunet_unisegdiff.conversion.common import BadPairError, LayoutError, load_summary
 from nnunet_unisegdiff.conversion.registry import convert
 
-
 pytestmark = pytest.mark.usefixtures("nnunet_env")
 
 

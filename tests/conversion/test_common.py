@@ -8,9 +8,21 @@ import pytest
 from PIL import Image
 
 from nnunet_unisegdiff.conversion import splits
-from nnunet_unisegdiff.conversion.common import (BadPairError, Case, DatasetExistsError, LayoutError, Orphan, lazy_case,
-                                       load_summary, pair_by_stem, read_image, read_mask, read_sources,
-                                       sanitize_id, write_dataset)
+from nnunet_unisegdiff.conversion.common import (
+    BadPairError,
+    Case,
+    DatasetExistsError,
+    LayoutError,
+    Orphan,
+    lazy_case,
+    load_summary,
+    pair_by_stem,
+    read_image,
+    read_mask,
+    read_sources,
+    sanitize_id,
+    write_dataset,
+)
 from nnunet_unisegdiff.conversion.registry import BINARY, CONVERTER_MODULES, DEFAULT_IDS, RGB
 
 RGB_SPEC = dict(channel_names=RGB, labels=BINARY)
@@ -40,7 +52,8 @@ def test_written_dataset_has_nnunet_layout_tables_and_passes_integrity_check(nnu
     assert sorted(p.name for p in (out / "imagesTr").iterdir())[0] == "case_000_0000.png"
     assert len(list((out / "labelsTr").iterdir())) == 10
     dj = json.loads((out / "dataset.json").read_text())
-    assert dj["numTraining"] == 10 and dj["file_ending"] == ".png" and dj["channel_names"] == {"0": "R", "1": "G", "2": "B"}
+    assert dj["numTraining"] == 10 and dj["file_ending"] == ".png"
+    assert dj["channel_names"] == {"0": "R", "1": "G", "2": "B"}
     assert read_sources(out)["case_003"] == {"source": "T", "group": "p1", "subset": "Tr", "origin": "src/3.png"}
     assert (out / "sources.csv").read_text().splitlines()[0] == "case_id,source,group,subset,origin"
     s = load_summary(out)
@@ -136,7 +149,7 @@ def test_read_mask_reduces_every_png_mode_to_one_binary_channel(tmp_path):
         "RGB": Image.fromarray(np.stack([m] * 3, -1)),
         "RGBA": Image.fromarray(np.stack([m, m, m, np.full_like(m, 255)], -1)),
         "P": Image.fromarray(m).convert("P"),
-        "I16": Image.fromarray((m.astype(np.uint16) * 257)),
+        "I16": Image.fromarray(m.astype(np.uint16) * 257),
         "01": Image.fromarray((m > 0).astype(np.uint8)),
         "1": Image.fromarray(m > 0),
     }

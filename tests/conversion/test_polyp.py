@@ -37,7 +37,8 @@ def _pair(folder, stem, img_ext=".png", mask_ext=".png", mask_stem=None, img_dir
     (folder / img_dir).mkdir(parents=True, exist_ok=True)
     (folder / mask_dir).mkdir(parents=True, exist_ok=True)
     Image.fromarray(_img(*size, seed=seed)).save(folder / img_dir / f"{stem}{img_ext}")
-    Image.fromarray(_mask(*size, residue=residue, rgb=rgb_mask)).save(folder / mask_dir / f"{mask_stem or stem}{mask_ext}")
+    mask = _mask(*size, residue=residue, rgb=rgb_mask)
+    Image.fromarray(mask).save(folder / mask_dir / f"{mask_stem or stem}{mask_ext}")
 
 
 def make_pranet(root):

@@ -10,7 +10,6 @@ from PIL import Image
 from nnunet_unisegdiff.conversion import synthetic
 from nnunet_unisegdiff.conversion.common import load_summary, read_sources
 
-
 pytestmark = pytest.mark.usefixtures("nnunet_env")
 
 

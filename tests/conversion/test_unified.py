@@ -11,7 +11,6 @@ from nnunet_unisegdiff.conversion.common import Case, LayoutError, load_summary,
 from nnunet_unisegdiff.conversion.registry import convert
 from nnunet_unisegdiff.conversion.splits import straddling_groups
 
-
 pytestmark = pytest.mark.usefixtures("nnunet_env")
 
 
@@ -47,9 +46,10 @@ def test_merge_replicates_grey_binarises_resizes_and_keeps_the_task_table(nnunet
     dj = json.loads((out / "dataset.json").read_text())
     assert dj["numTraining"] == 13 and dj["labels"] == {"background": 0, "lesion": 1} and len(dj["channel_names"]) == 3
     table = read_sources(out)
+    mri = nnunet_env / "nnUNet_raw" / "Dataset521_MRI"
     assert table["MRI_003"] == {"source": "MRI", "group": "MRI/pat1", "subset": "Tr",
-                                "origin": str(nnunet_env / "nnUNet_raw" / "Dataset521_MRI" / "imagesTr" / "MRI_003_0000.png")
-                                + " + " + str(nnunet_env / "nnUNet_raw" / "Dataset521_MRI" / "labelsTr" / "MRI_003.png")}
+                                "origin": str(mri / "imagesTr" / "MRI_003_0000.png")
+                                + " + " + str(mri / "labelsTr" / "MRI_003.png")}
     assert table["Oct_c0"]["source"] == "Oct" and table["Oct_t1"]["subset"] == "Ts"
     img = np.asarray(Image.open(out / "imagesTr" / "MRI_000_0000.png"))
     assert img.shape == (16, 16, 3) and np.array_equal(img[..., 0], img[..., 2])

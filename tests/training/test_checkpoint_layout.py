@@ -3,7 +3,6 @@ the trainer class named in the checkpoint and loads `network_weights` strictly, 
 keys and shapes the trainers build must stay those recorded in `data/state_dict_layout.json`
 (written by the code of commit aecf9ac, before the package was laid out by role)."""
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -257,7 +257,7 @@ def _ddp_worker(rank: int, world: int, store_path: str, queue) -> None:
         x = torch.randn(2, 3, 32, 32, generator=g)
         labels = (torch.rand(2, 1, 32, 32, generator=g) > 0.6).long()
         ddp.zero_grad()
-        loss, _ = phase_b_loss(lambda x_t, t: ddp(x, x_t, t), labels, StagedObjective(), seg,
+        loss, _ = phase_b_loss(lambda x_t, t, x=x: ddp(x, x_t, t), labels, StagedObjective(), seg,
                                net.sampler.alphas_cumprod, 2, g)
         loss.backward()
         grads = [p.grad.clone() for p in net.dnet.parameters()]
