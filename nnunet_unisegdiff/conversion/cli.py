@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from .common import ConversionError
 from .registry import available_specs, convert, get_spec
 
-_COMMON = {"source_dir", "dataset_id", "overwrite", "skip_bad", "folds", "seed", "out_root", "quiet",
-           "func", "command", "converter"}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(

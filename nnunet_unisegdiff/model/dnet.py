@@ -19,8 +19,6 @@ from torch import Tensor, nn
 
 from nnunet_unisegdiff.model.injection import DualCrossAttention, FeatureFusion
 
-ARCH_KEYS_TO_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")
-
 
 class TimestepEmbedding(nn.Module):
     """Sinusoidal embedding of the told timestep followed by a two-layer MLP."""
