@@ -31,6 +31,7 @@ import torch
 from _common import add_common_args, build_net, ds_targets, meta, nnunet_loss, print_table, setup, write_json
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 from nnunet_unisegdiff.diffusion.staged import MODES, StagedObjective, phase_b_loss
 
@@ -182,8 +183,8 @@ def main() -> None:
     device = setup(args)
     t_start = time.perf_counter()
 
-    images, labels = load_cases(args.train_cases, args.size, 12345, 0)
-    test = load_cases(args.test_cases, args.size, 12345, TEST_STREAM)
+    images, labels = load_cases(args.train_cases, args.size, DEFAULT_SEED, 0)
+    test = load_cases(args.test_cases, args.size, DEFAULT_SEED, TEST_STREAM)
     net = build_net((args.size, args.size), args.width, features=args.features, seed=args.seed, device=device,
                     token_budget=args.token_budget)
     t0 = time.perf_counter()

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import matplotlib
 
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
+
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -55,6 +57,7 @@ from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff  # noqa: 
 
 OBJECTIVE_LABELS = {"eps": "eps target (uniform t)", "x0": "x0 target (uniform t)",
                     "staged": "staged objective (UniSegDiff)"}
+
 OUTPUT_STEM = "gradient_vs_timestep"
 
 
@@ -280,7 +283,7 @@ def load_preprocessed_batch(folder: Path, cm, batch_size: int,
             [c[2] for c in chosen])
 
 
-def synthetic_batch(batch_size: int, size: int, seed: int = 12345) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def synthetic_batch(batch_size: int, size: int, seed: int = DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Cases of the synthetic generator (with lesions), z-scored per channel like nnU-Net's
     ZScoreNormalization: images (B, 3, size, size), labels (B, 1, size, size)."""
     cases = [c for c in generate_cases(3 * batch_size, seed=seed, size=size, empty_fraction=0.0)][:batch_size]

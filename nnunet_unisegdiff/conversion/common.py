@@ -48,6 +48,8 @@ import numpy as np
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
+
 from . import splits as splits_mod
 
 log = logging.getLogger("nnunet_unisegdiff.conversion")
@@ -476,7 +478,7 @@ def _splits(writer: _CaseWriter, folds, seed: int, stratify_by_source: bool) -> 
 
 def write_dataset(cases: Iterable[Case | Orphan], *, dataset_id: int, name: str, channel_names: dict,
                   labels: dict, out_root: Path | str | None = None, overwrite: bool = False,
-                  skip_bad: bool = False, folds: str | int | None = "5", seed: int = 12345,
+                  skip_bad: bool = False, folds: str | int | None = "5", seed: int = DEFAULT_SEED,
                   test_cases: Iterable[Case | Orphan] | None = None,
                   preprocessed_root: Path | str | None = None, description: str | None = None,
                   reference: str | None = None, release: str | None = None, license: str | None = None,

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
+
 from .common import BadPairError, Case, LayoutError, Orphan, failed_case, natural_key, sanitize_id
 from .registry import ConverterSpec
 
@@ -230,7 +232,7 @@ def _check_options(slices: str, empty_fraction: float | None, effusion: str) -> 
 
 
 def read(source_dir, slices: str = "lesion", empty_fraction: float | None = None, effusion: str = "keep",
-         window: tuple[float, float] = DEFAULT_WINDOW, seed: int = 12345) -> Iterator[Case | Orphan]:
+         window: tuple[float, float] = DEFAULT_WINDOW, seed: int = DEFAULT_SEED) -> Iterator[Case | Orphan]:
     """Yield one `Case` per kept axial slice, an `Orphan` per unpaired volume; print per-volume
     intensity handling and the kept lesion/empty slice counts."""
     _check_options(slices, empty_fraction, effusion)

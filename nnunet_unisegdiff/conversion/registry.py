@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
+
 from .common import Case, LayoutError, Orphan, write_dataset
 
 # CLI name -> module. Order = order in `unisegdiff convert --help`.
@@ -104,7 +106,7 @@ def _read(spec: ConverterSpec, fn: Callable, source: Path | None, opts: dict, se
 
 
 def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, dataset_id: int | None = None,
-            overwrite: bool = False, skip_bad: bool = False, folds: str | int | None = "5", seed: int = 12345,
+            overwrite: bool = False, skip_bad: bool = False, folds: str | int | None = "5", seed: int = DEFAULT_SEED,
             out_root: Path | str | None = None, preprocessed_root: Path | str | None = None,
             progress: bool = True, quiet: bool = False, **opts) -> Path:
     """Run one converter: read `source_dir` with the converter's `opts`, write the nnU-Net dataset."""

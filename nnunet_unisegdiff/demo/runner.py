@@ -32,16 +32,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
 from nnunet_unisegdiff.demo.layout import DATASET_NAME, NNUNET_VARS, RUN_MARKER, DemoError, Layout, prepare_layout
 from nnunet_unisegdiff.demo.report import finish_report, fmt_seconds, lesion_lines, method_slug, write_report
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training import variants
+from nnunet_unisegdiff.training.log_messages import PHASE_B_START_RE
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 
 try:
@@ -141,7 +143,7 @@ class TrainParser:
             values = re.findall(r"[-+]?\d*\.\d+|\d+", m.group(1).replace("np.float32", ""))
             self.last_dice = ", ".join(f"{float(v):.2f}" for v in values)
             self.progress.update(info=f"pseudo Dice {self.last_dice}")
-        elif "Phase B from epoch" in line:
+        elif PHASE_B_START_RE.search(line):
             self.progress.update(desc="epochs (phase B: DNet)")
         elif "Training done." in line:
             self.progress.update(n=self.num_epochs, info="final validation")
@@ -203,7 +205,7 @@ class DemoConfig:
     num_cases: int = 48
     num_test: int = 12
     size: int = 64
-    seed: int = 12345
+    seed: int = DEFAULT_SEED
     grid_cases: int = 6
     trainer: str = TRAINER
     baseline_trainer: str = BASELINE_TRAINER
@@ -410,34 +412,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="UniSegDiff next to nnU-Net's baseline on synthetic data, through nnU-Net's commands",
         description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                   help=f"folder of the numbered runs (default ./{DEFAULT_ROOT})")
+    d = DemoConfig()  # the defaults, declared once
+    p.add_argument("--root", type=Path, default=d.root, help=f"folder of the numbered runs (default ./{d.root})")
     p.add_argument("--run", dest="run_name", default=None, metavar="NAME",
                    help="run folder name inside --root (default: the next run_NNN)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the --run folder (default: the latest run) and, in nnU-Net folders from your "
                         "environment, the demo's own dataset and models")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="nnU-Net's -device (auto: cuda when available)")
-    p.add_argument("--dataset-id", type=int, default=DATASET_ID, help=f"nnU-Net dataset ID (default {DATASET_ID})")
-    p.add_argument("--num-cases", type=int, default=48, help="training images (default 48)")
-    p.add_argument("--num-test", type=int, default=12, help="held-out images (default 12)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the synthetic data")
-    p.add_argument("--grid-cases", type=int, default=6, help="cases in the figure grid (default 6)")
-    p.add_argument("--trainer", default=TRAINER,
-                   help=f"UniSegDiff trainer (default {TRAINER}; e.g. nnUNetTrainerUniSegDiff_50epochs on a GPU)")
-    p.add_argument("--baseline-trainer", default=BASELINE_TRAINER,
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help=f"nnU-Net's -device (default {d.device}: cuda when available)")
+    p.add_argument("--dataset-id", type=int, default=d.dataset_id, help=f"nnU-Net dataset ID (default {d.dataset_id})")
+    p.add_argument("--num-cases", type=int, default=d.num_cases, help=f"training images (default {d.num_cases})")
+    p.add_argument("--num-test", type=int, default=d.num_test, help=f"held-out images (default {d.num_test})")
+    p.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the synthetic data (default {d.seed})")
+    p.add_argument("--grid-cases", type=int, default=d.grid_cases,
+                   help=f"cases in the figure grid (default {d.grid_cases})")
+    p.add_argument("--trainer", default=d.trainer,
+                   help=f"UniSegDiff trainer (default {d.trainer}; e.g. nnUNetTrainerUniSegDiff_50epochs on a GPU)")
+    p.add_argument("--baseline-trainer", default=d.baseline_trainer,
                    help=f"nnU-Net trainer to compare with and to reuse as UniSegDiff's CFENet "
-                        f"(default {BASELINE_TRAINER})")
+                        f"(default {d.baseline_trainer})")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    config = DemoConfig(root=args.root, run_name=args.run_name, overwrite=args.overwrite, device=args.device,
-                        dataset_id=args.dataset_id, num_cases=args.num_cases, num_test=args.num_test, size=args.size,
-                        seed=args.seed, grid_cases=args.grid_cases, trainer=args.trainer,
-                        baseline_trainer=args.baseline_trainer)
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
     try:
         validate_config(config)
         Demo(config).run()

@@ -2,6 +2,7 @@
 nnU-Net's environment, log parsing, arguments, and the report written from fake predictions."""
 import json
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from nnunet_unisegdiff.demo import layout as run_folders
 from nnunet_unisegdiff.demo import report as demo_report
 from nnunet_unisegdiff.demo import runner as demo
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
+from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -118,7 +120,7 @@ def test_train_parser_follows_epochs_phase_switch_and_validation():
     parser = demo.TrainParser(rec, num_epochs=12)
     for line in ["2026-01-01 10:00:00.000000: Epoch 0",
                  "2026-01-01 10:00:05.000000: Pseudo dice [np.float32(0.8455)]",
-                 "2026-01-01 10:01:00.000000: Phase B from epoch 4: CFENet frozen, training DNet",
+                 "2026-01-01 10:01:00.000000: " + PHASE_B_START.format(epoch=4, mode="staged"),
                  "2026-01-01 10:01:00.000001: Epoch 4",
                  "2026-01-01 10:02:00.000000: Training done.",
                  "2026-01-01 10:02:01.000000: predicting SYN_0002_us",
@@ -126,7 +128,7 @@ def test_train_parser_follows_epochs_phase_switch_and_validation():
         parser(line)
     assert (0, None, None) in rec.calls and (4, None, None) in rec.calls
     assert (None, "pseudo Dice 0.85", None) in rec.calls
-    assert any(desc and "phase B" in desc for _, _, desc in rec.calls)
+    assert [desc for _, _, desc in rec.calls if desc] == ["epochs (phase B: DNet)"]
     assert (None, "final validation: 1 cases", None) in rec.calls
     assert parser.mean_validation_dice == pytest.approx(0.79917, abs=1e-5)
 
@@ -177,8 +179,9 @@ def test_bad_arguments_end_with_a_message_and_create_nothing(tmp_path, capsys, a
     assert not any((tmp_path / "root").glob("run_*"))
 
 
-def test_parser_defaults():
+def test_parser_defaults_are_the_config_defaults():
     args = cli.build_parser().parse_args(["demo"])
+    assert {f.name: getattr(args, f.name) for f in fields(demo.DemoConfig)} == asdict(demo.DemoConfig())
     assert (args.root, args.run_name, args.overwrite, args.device) == (demo.DEFAULT_ROOT, None, False, "auto")
     assert (args.trainer, args.baseline_trainer) == (demo.TRAINER, demo.BASELINE_TRAINER)
 

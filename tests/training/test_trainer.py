@@ -88,6 +88,7 @@ def test_switch_freezes_cfenet_and_trains_dnet_with_adamw(nnunet_dirs):
     t.on_train_epoch_start()
     net = t.composite
     assert t.phase == "B" and t.network is net and t._best_ema is None
+    assert_demo_sees_phase_b(t.log_file)
     assert isinstance(t.optimizer, torch.optim.AdamW)
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(Tiny.dnet_lr)
     assert not net.cfenet.training and net.dnet.training and bool(net.dnet_trained)
@@ -98,6 +99,23 @@ def test_switch_freezes_cfenet_and_trains_dnet_with_adamw(nnunet_dirs):
     assert all(torch.equal(a, b) for a, b in zip(before, net.cfenet.parameters())), "CFENet must stay frozen"
     val = t.validation_step({"data": torch.randn(2, 3, 32, 32), "target": (torch.rand(2, 1, 32, 32) > .5).long()})
     assert val["tp_hard"].shape == (1,) and np.isfinite(val["loss"])
+
+
+def assert_demo_sees_phase_b(log_file):
+    """The demo's progress parser recognises the switch in the trainer's real log."""
+    from nnunet_unisegdiff.demo.runner import TrainParser
+
+    class Progress:
+        desc = None
+
+        def update(self, n=None, info=None, desc=None):
+            self.desc = desc or self.desc
+
+    progress = Progress()
+    parser = TrainParser(progress, num_epochs=4)
+    for line in open(log_file).read().splitlines():
+        parser(line)
+    assert progress.desc == "epochs (phase B: DNet)"
 
 
 def test_cosine_schedule_over_phase_b():
