@@ -46,7 +46,7 @@ from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 from nnunet_unisegdiff.diffusion.staple import staple_multiclass
-from nnunet_unisegdiff.evaluation.evaluate import load_sources
+from nnunet_unisegdiff.evaluation.tasks import load_sources
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV

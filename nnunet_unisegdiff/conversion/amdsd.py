@@ -140,6 +140,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="amdsd",
+    paper_task="WA",
+    sources=(SOURCE, "wet AMD"),
     description="AMD-SD OCT B-scans (side-by-side composites: left OCT, right colour labels), "
                 "binary lesion or 5 lesion classes; groups = patient folders.",
     read=read,

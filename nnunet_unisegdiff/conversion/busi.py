@@ -96,6 +96,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="busi",
+    paper_task="BL",
+    sources=("BUSI", "breast lesion", "breast ultrasound"),
     description="BUSI breast ultrasound, benign + malignant (647; --include-normal for 780), all _mask* "
                 "files of an image merged.",
     read=read,

@@ -290,6 +290,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="covid19",
+    paper_task="LI",
+    sources=(SOURCE, "COVID", "lung infection", "MedSeg", "COVID-19-CT-Seg"),
     description="COVID-19 CT lung infection (Ma et al. 20 cases + MedSeg tr/rp), axial slices as grey PNGs "
                 "with a lung window; slice filter all/lesion/fraction.",
     read=read,

@@ -141,6 +141,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="ebhiseg",
+    paper_task="ADC",
+    sources=(SOURCE, "EBHI", "Adenocarcinoma"),
     description="EBHI-Seg H&E histology (Adenocarcinoma by default), labels thresholded at 128; "
                 "groups = case-folded case tokens.",
     read=read,

@@ -232,6 +232,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="polyp",
+    paper_task="CP",
+    sources=(*SOURCES, "colon polyp", "Kvasir-SEG", "CVC-ClinicDB", "CVC-612", "CVC-ColonDB", "ETIS-LaribPolypDB",
+             "ETIS-Larib", "EndoScene", "CVC-EndoSceneStill"),
     description="Colon polyps: Kvasir-SEG, CVC-ClinicDB, CVC-ColonDB, ETIS-LaribPolypDB, CVC-300 (PraNet "
                 "1450+798 layout or original releases); ClinicDB grouped by video sequence.",
     read=read,

@@ -72,6 +72,10 @@ class ConverterSpec:
     stratify_by_source: bool = False  # splits per source, joined fold-wise (merged datasets)
     # extra --folds choices: name -> fn(source_dir, opts, case_ids) -> splits (e.g. BTD's "cvind")
     fold_schemes: dict[str, Callable[[Path, dict, list[str]], list[dict]]] = field(default_factory=dict)
+    paper_task: str | None = None  # the paper's abbreviation of the task (Table 3: WA BT ADC CP LI BL)
+    # the names this data goes by in a source table: each case's `source` as `read` writes it, then
+    # the names of the original releases (`unisegdiff evaluate --task-map paper` maps them all)
+    sources: tuple[str, ...] = ()
 
     @property
     def dataset_id(self) -> int:
@@ -81,6 +85,19 @@ class ConverterSpec:
         return {"name": _resolve(self.dataset_name, opts),
                 "channel_names": dict(_resolve(self.channel_names, opts)),
                 "labels": dict(_resolve(self.labels, opts))}
+
+
+def paper_task_names() -> tuple[dict[str, str], list[str]]:
+    """(name -> the paper's task, tasks in Table 3's order) from the converters of the paper's datasets:
+    each maps its CLI name, dataset name, task abbreviation and `sources` to its `paper_task`."""
+    names: dict[str, str] = {}
+    for spec in available_specs():
+        if spec.paper_task is not None:
+            own = [spec.paper_task, spec.name, *spec.sources]
+            if isinstance(spec.dataset_name, str):
+                own.append(spec.dataset_name)
+            names |= dict.fromkeys(own, spec.paper_task)
+    return names, list(dict.fromkeys(names.values()))
 
 
 def get_spec(name: str) -> ConverterSpec:

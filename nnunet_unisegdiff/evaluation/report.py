@@ -3,7 +3,7 @@
 folds), plus the count table of empty masks that goes with it.
 
 Pure formatting: a summary row is a dict with at least `task`, `mDice`, `mIoU` (percent) and, from
-fold mode, `mDice_std`, `mIoU_std`. `evaluate.py` produces them; the demo can put several methods
+fold mode, `mDice_std`, `mIoU_std`. `aggregate.py` produces them; the demo can put several methods
 into one table with `table3_markdown([("UniSegDiff", rows_a), ("nnUNetTrainer", rows_b)])`.
 """
 from __future__ import annotations
