@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, lazy_case, list_files, natural_key, sanitize_id
+from .common import BadPairError, Case, LayoutError, lazy_case
+from .reading import list_files, natural_key, sanitize_id
 from .registry import BINARY, ConverterSpec
 
 SOURCE = "AMD-SD"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, Orphan, lazy_case, list_files, read_image, read_mask
+from .common import BadPairError, Case, LayoutError, Orphan, lazy_case
+from .reading import list_files, read_image, read_mask
 from .registry import BINARY, RGB, ConverterSpec
 
 CLASSES = ("benign", "malignant", "normal")

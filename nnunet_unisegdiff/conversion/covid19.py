@@ -41,7 +41,8 @@ import numpy as np
 
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
 
-from .common import BadPairError, Case, LayoutError, Orphan, failed_case, natural_key, sanitize_id
+from .common import BadPairError, Case, LayoutError, Orphan, failed_case
+from .reading import natural_key, sanitize_id
 from .registry import ConverterSpec
 
 SOURCE = "COVID-19"

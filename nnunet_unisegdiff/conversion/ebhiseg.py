@@ -20,18 +20,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .common import (
-    Case,
-    LayoutError,
-    Orphan,
-    lazy_case,
-    list_files,
-    natural_key,
-    pair_by_stem,
-    read_image,
-    read_mask,
-    sanitize_id,
-)
+from .common import Case, LayoutError, Orphan, lazy_case
+from .reading import list_files, natural_key, pair_by_stem, read_image, read_mask, sanitize_id
 from .registry import RGB, ConverterSpec
 
 SOURCE = "EBHI-Seg"

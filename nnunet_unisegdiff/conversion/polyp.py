@@ -31,19 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import (
-    IMAGE_EXTS,
-    Case,
-    LayoutError,
-    Orphan,
-    lazy_case,
-    list_files,
-    natural_key,
-    pair_by_stem,
-    read_image,
-    read_mask,
-    sanitize_id,
-)
+from .common import Case, LayoutError, Orphan, lazy_case
+from .reading import IMAGE_EXTS, list_files, natural_key, pair_by_stem, read_image, read_mask, sanitize_id
 from .registry import BINARY, RGB, ConverterSpec
 
 log = logging.getLogger("nnunet_unisegdiff.conversion")

@@ -22,7 +22,8 @@ from typing import Any
 
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
 
-from .common import Case, LayoutError, Orphan, write_dataset
+from .common import Case, LayoutError, Orphan
+from .writer import DatasetDeclaration, write_dataset
 
 # CLI name -> module. Order = order in `unisegdiff convert --help`.
 CONVERTER_MODULES: dict[str, str] = {
@@ -141,9 +142,11 @@ def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, 
         folds = lambda ids: scheme(source, opts, ids)  # noqa: E731
     cases = _read(spec, spec.read, source, opts, seed)
     test_cases = _read(spec, spec.read_test, source, opts, seed) if spec.read_test is not None else None
-    return write_dataset(cases, dataset_id=dataset_id if dataset_id is not None else spec.dataset_id,
-                         name=info["name"], channel_names=info["channel_names"], labels=info["labels"],
-                         out_root=out_root, preprocessed_root=preprocessed_root, overwrite=overwrite,
-                         skip_bad=skip_bad, folds=folds, seed=seed, test_cases=test_cases,
-                         description=spec.description, reference=spec.reference, release=spec.download or None,
-                         progress=progress, quiet=quiet, stratify_by_source=spec.stratify_by_source)
+    declaration = DatasetDeclaration(
+        dataset_id=dataset_id if dataset_id is not None else spec.dataset_id, name=info["name"],
+        channel_names=info["channel_names"], labels=info["labels"], folds=folds, seed=seed,
+        stratify_by_source=spec.stratify_by_source, description=spec.description, reference=spec.reference,
+        release=spec.download or None)
+    return write_dataset(cases, declaration, test_cases=test_cases, out_root=out_root,
+                         preprocessed_root=preprocessed_root, overwrite=overwrite, skip_bad=skip_bad,
+                         progress=progress, quiet=quiet)

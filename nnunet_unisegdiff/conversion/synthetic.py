@@ -32,8 +32,9 @@ import numpy as np
 
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
 
-from .common import Case, _png, write_dataset
+from .common import Case
 from .registry import BINARY, DEFAULT_IDS, RGB, ConverterSpec
+from .writer import DatasetDeclaration, write_dataset, write_png
 
 MODALITIES = ("grey", "endo", "us")
 SOURCES = {"grey": "SynGrey", "endo": "SynEndo", "us": "SynUS"}
@@ -197,10 +198,11 @@ def write_synthetic_dataset(out_root: Path | str | None = None, *, dataset_id: i
     """A complete nnU-Net raw dataset (imagesTr/labelsTr + imagesTs/labelsTs); returns its folder."""
     opts = dict(num_cases=num_cases, size=size, num_classes=num_classes, empty_fraction=empty_fraction,
                 modalities=tuple(modalities), num_test=num_test, seed=seed)
-    return write_dataset(read(None, **opts), test_cases=read_test(None, **opts), dataset_id=dataset_id, name=name,
-                         channel_names=dict(RGB), labels=labels_for(num_classes), out_root=out_root,
-                         preprocessed_root=preprocessed_root, overwrite=overwrite, folds=folds, seed=seed,
-                         description=SPEC.description, progress=progress, quiet=quiet)
+    declaration = DatasetDeclaration(dataset_id=dataset_id, name=name, channel_names=dict(RGB),
+                                     labels=labels_for(num_classes), folds=folds, seed=seed,
+                                     description=SPEC.description)
+    return write_dataset(read(None, **opts), declaration, test_cases=read_test(None, **opts), out_root=out_root,
+                         preprocessed_root=preprocessed_root, overwrite=overwrite, progress=progress, quiet=quiet)
 
 
 def write_heldout_images(folder: Path | str, num_cases: int = DEFAULTS.num_test, *, seed: int = DEFAULT_SEED,
@@ -216,8 +218,8 @@ def write_heldout_images(folder: Path | str, num_cases: int = DEFAULTS.num_test,
     for c in generate_cases(num_cases, seed=seed, size=size, num_classes=num_classes,
                             empty_fraction=empty_fraction, modalities=modalities, stream=TEST_STREAM,
                             prefix="SYNTS"):
-        _png(img_dir / f"{c.case_id}_0000.png", c.image)
-        _png(lab_dir / f"{c.case_id}.png", c.label)
+        write_png(img_dir / f"{c.case_id}_0000.png", c.image)
+        write_png(lab_dir / f"{c.case_id}.png", c.label)
     return img_dir, lab_dir
 
 

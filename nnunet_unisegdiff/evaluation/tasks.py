@@ -18,7 +18,7 @@ def load_sources(path: str | Path, column: str | None = None) -> dict[str, str]:
     """case id -> task, in the table's order, from the unified converter's source table.
 
     Accepted: JSON `{case_id: task}`, `{case_id: {"task"|"source": ...}}` (what
-    `nnunet_unisegdiff.conversion.common` writes: `sources.json` beside dataset.json, with `source`,
+    `nnunet_unisegdiff.conversion.writer` writes: `sources.json` beside dataset.json, with `source`,
     `group`, `subset`, `origin` per case), a list of records
     `[{"case_id": ..., "task"|"source": ...}]` (also under a top-level `"cases"` key), or a CSV
     with a `case_id` (or `case`) column and a `task` or `source` column. `column` picks the

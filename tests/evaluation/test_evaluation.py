@@ -92,7 +92,7 @@ def test_sources_table_prefers_task_over_source_column(tmp_path):
 def test_converter_sources_json_with_paper_task_map_merges_polyp_sets_in_paper_order(tmp_path):
     pred, gt = write_cases(tmp_path, {"kv1": (GT3, GT3), "cvc1": (GT3, PRED3),
                                       "busi1": (GT3, EMPTY), "amd1": (GT3, GT3)})
-    # the per-case table nnunet_unisegdiff.conversion.common writes beside dataset.json
+    # the per-case table nnunet_unisegdiff.conversion.writer writes beside dataset.json
     table = {c: {"source": s, "group": None, "subset": "Tr", "origin": f"/raw/{c}"}
              for c, s in (("busi1", "BUSI"), ("kv1", "Kvasir-SEG"), ("cvc1", "CVC-ClinicDB"),
                           ("amd1", "AMD-SD"))}
