@@ -29,7 +29,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import zlib
@@ -42,6 +41,7 @@ from _common import RESULTS, meta, print_table, write_json
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from PIL import Image
 
+from nnunet_unisegdiff.commands import console_script, run_logged
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
@@ -52,7 +52,6 @@ from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffPaper
 
-BIN = Path(sys.executable).parent
 BASELINE = "nnUNetTrainerAccuracyBaseline"
 TRAINERS_MODULE = '''"""Written by benchmarks/accuracy.py: the benchmark's budgets as nnU-Net trainer variants."""
 from dataclasses import replace
@@ -106,15 +105,9 @@ def write_trainers(folder: Path, args) -> Path:
 
 
 def run(cmd: list[str], env: dict, log: Path) -> None:
-    """An nnU-Net command, its output into `log`; on failure the log's end in the error."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        tail = "\n".join(log.read_text().splitlines()[-30:])
-        raise RuntimeError(f"{cmd[0]} failed ({rc}), log {log}:\n{tail}")
+    """An nnU-Net command (console script name first), its output into `log`; on failure a
+    `CommandError` with the log's end."""
+    run_logged([console_script(cmd[0]), *cmd[1:]], env, log)
 
 
 def nnunet_env(work: Path, trainer_dir: Path) -> dict:

@@ -103,7 +103,7 @@ def test_switch_freezes_cfenet_and_trains_dnet_with_adamw(nnunet_dirs):
 
 def assert_demo_sees_phase_b(log_file):
     """The demo's progress parser recognises the switch in the trainer's real log."""
-    from nnunet_unisegdiff.demo.runner import TrainParser
+    from nnunet_unisegdiff.demo.progress import TrainParser
 
     class Progress:
         desc = None
