@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_unisegdiff"
-TOOLS = {"cli", "demo", "analysis", "evaluation"}
+TOOLS = {"cli", "demo", "analysis", "evaluation", "commands"}  # commands.py: child processes of the tools
+BASE = ("defaults.py", "commands.py")  # top-level modules below every layer: they import none of the package
 # subpackage -> the package's subpackages/modules it must not import
 FORBIDDEN = {
     "diffusion": {"model", "training", "nnunet_ext", "conversion"} | TOOLS,
@@ -49,6 +50,11 @@ def test_modules_import_only_lower_layers(path):
     layer = path.relative_to(PACKAGE).parts[0]
     used = {layer_of(m) for m in imported_modules(path)} - {None, layer}
     assert not used & FORBIDDEN.get(layer, set()), f"{layer}/ must not import {sorted(used & FORBIDDEN[layer])}"
+
+
+@pytest.mark.parametrize("name", BASE)
+def test_base_modules_import_nothing_of_the_package(name):
+    assert {layer_of(m) for m in imported_modules(PACKAGE / name)} <= {None}
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "diffusion").glob("*.py")), ids=lambda p: p.name)
