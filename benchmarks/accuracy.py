@@ -30,6 +30,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import replace
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS, meta, print_table, write_json
+from _common import RESULTS, add_smoke_arg, apply_smoke, meta, print_table, write_json
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from PIL import Image
 
@@ -410,7 +411,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="keep what --work holds from an earlier run with the same settings (datasets, finished "
                          "trainings) and train only what is missing, e.g. more --dnet-epochs on the same CFENets")
+    add_smoke_arg(ap)
     args = ap.parse_args(argv)
+    apply_smoke(args, "accuracy", seeds=[0], num_cases=10, num_test=2, size=32, epochs_cfenet=1, dnet_epochs=[1],
+                iterations=2, val_iterations=1, reuse=False, work=Path(tempfile.mkdtemp(prefix="accuracy_smoke_")))
     device = torch.device(args.device)
     if args.threads != 0 and (args.threads or device.type == "cpu"):
         torch.set_num_threads(args.threads or 1)

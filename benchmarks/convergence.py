@@ -28,7 +28,17 @@ import time
 
 import numpy as np
 import torch
-from _common import add_common_args, build_net, ds_targets, meta, nnunet_loss, print_table, setup, write_json
+from _common import (
+    add_common_args,
+    apply_smoke,
+    build_net,
+    ds_targets,
+    meta,
+    nnunet_loss,
+    print_table,
+    setup,
+    write_json,
+)
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
@@ -175,6 +185,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    apply_smoke(args, "convergence", size=32, features=[8, 16, 32], train_cases=4, test_cases=2, batch_size=2,
+                cfenet_steps=2, steps=2, eval_every=2, ddim_steps=2, eval_batch=2, long=False)
     if args.long:
         args.steps, args.eval_every, args.cfenet_steps = 8 * args.steps, 4 * args.eval_every, 2 * args.cfenet_steps
         args.train_cases, args.test_cases = 4 * args.train_cases, 4 * args.test_cases

@@ -26,6 +26,7 @@ import torch
 from _common import (
     CONFIGS,
     add_common_args,
+    apply_smoke,
     build_net,
     median,
     meta,
@@ -120,6 +121,8 @@ def main() -> None:
                     help="the same for plans with several draws per call (batch 20 calls are slow on a CPU)")
     ap.add_argument("--full", action="store_true", help="run every plan through, no extrapolation")
     args = ap.parse_args()
+    apply_smoke(args, "inference_cost", configs=["2d-32-w0.25"], plans=["staged", "ddim4x1", "ddpm8x2"], repeats=1,
+                measure_steps=2)
     device = setup(args)
     sync = syncer(device)
     plans = {p: plan_config(p) for p in args.plans}

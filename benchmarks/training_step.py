@@ -31,6 +31,7 @@ import torch
 from _common import (
     CONFIGS,
     add_common_args,
+    apply_smoke,
     build_net,
     build_unet,
     ds_targets,
@@ -196,6 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    apply_smoke(args, "training_step", configs=["2d-32-w0.25"], repeats=1, worker_steps=1)
     device = setup(args)
     sync = syncer(device)
 
