@@ -1,28 +1,4 @@
-"""Does UniSegDiff beat the nnU-Net it stands on? Held-out accuracy of one trained model, scored
-several ways, over several seeds (issue 9).
-
-Per seed (each seed has its own synthetic images and its own training runs):
-1. a synthetic lesion dataset (three modalities, soft borders, lesion-free images, some with two
-   lesions) with held-out images; `nnUNetv2_plan_and_preprocess -c 2d`;
-2. `nnUNetv2_train` with plain `nnUNetTrainer` (shortened), fold 0;
-3. UniSegDiff on that same fold, its CFENet *reused* from step 2 (`nnUNet_unisegdiff_cfenet`), so
-   every UniSegDiff row reads "what DNet adds to this nnU-Net"; one run per `--dnet-epochs` value;
-4. `nnUNetv2_predict --disable_tta` of the held-out images with both (same TTA setting);
-5. in-process, the same trained UniSegDiff network on the same preprocessed images: CFENet alone,
-   the RS call alone, each branch's draws, vote, paper STAPLE, ITK STAPLE, each sampler change
-   one at a time, and the shipped default (the network's own forward, i.e. what nnUNetv2_predict
-   runs); the rows of one sampler setting share one set of draws.
-
-Scores per row: Dice per modality and over all cases (a lesion-free image counts only when a
-lesion is predicted there, then as 0: nnU-Net's rule), IoU, Dice over lesion images only, the
-number of lesion-free images with any predicted lesion pixel, and the mean normalised entropy of the
-row's probability map. The table shows mean ± sd over seeds; the JSON holds every seed.
-
-    .venv/bin/python benchmarks/accuracy.py                      # 3 seeds, ~30 min on 2 cores
-    .venv/bin/python benchmarks/accuracy.py --seeds 0 --epochs-cfenet 10 --epochs-dnet 5   # a smoke run
-    .venv/bin/python benchmarks/accuracy.py --dnet-epochs 5 20 80   # phase-B budget: 200 / 800 / 3200 it
-    .venv/bin/python benchmarks/accuracy.py --reuse --dnet-epochs 5 80   # more budgets on the same CFENets
-"""
+"""Does UniSegDiff beat the nnU-Net it stands on? Held-out accuracy over seeds (docs/method.md)."""
 from __future__ import annotations
 
 import argparse
