@@ -9,7 +9,6 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +19,15 @@ from PIL import Image
 
 from nnunet_unisegdiff.commands import console_script, run_logged
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
-from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
-from nnunet_unisegdiff.diffusion.staple import staple_multiclass
+from nnunet_unisegdiff.diffusion.fusion import probabilities_to_logits
 from nnunet_unisegdiff.evaluation.tasks import load_sources
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
+from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
+from nnunet_unisegdiff.model.settings import PIPELINES
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
-from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffPaper
 
+BIN = Path(sys.executable).parent  # console scripts (accuracy_real.py imports it)
 BASELINE = "nnUNetTrainerAccuracyBaseline"
 TRAINERS_MODULE = '''"""Written by benchmarks/accuracy.py: the benchmark's budgets as nnU-Net trainer variants."""
 from dataclasses import replace
@@ -163,44 +162,14 @@ def predict_cli(seed: int, args, work: Path, raw: Path, dataset_id: int) -> dict
 
 
 # ----------------------------------------------------------------------------- scoring one model
-def sampler_settings() -> dict[str, SamplerConfig]:
-    """The paper's sampler, then each of our changes on its own (the default row has all of them)."""
-    paper = nnUNetTrainerUniSegDiffPaper.unisegdiff.sampler
-    return {"paper sampler": paper,
-            "+ clamp PM x0": replace(paper, clamp_x0=True),
-            "+ DR x0 head": replace(paper, dr_head="x0")}
-
-
-def fusion_rows(prefix: str, result, num_classes: int, draws: int) -> dict[str, torch.Tensor]:
-    """Rows from one set of draws: result.masks (1, N, *spatial), x0-branch draws first."""
-    m = result.masks
-    return {f"{prefix}: x0-branch vote": fuse_masks(m[:, :draws], num_classes, "vote")[0],
-            f"{prefix}: eps-branch vote": fuse_masks(m[:, draws:], num_classes, "vote")[0],
-            f"{prefix}: vote": fuse_masks(m, num_classes, "vote")[0],
-            f"{prefix}: STAPLE (paper)": fuse_masks(m, num_classes, "staple")[0],
-            f"{prefix}: STAPLE (ITK)": staple_multiclass(m, num_classes, batched=True, mode="itk")[0],
-            f"{prefix}: STAPLE (3% pseudo-pixels)": fuse_masks(m, num_classes, "staple", 0.03)[0],
-            f"{prefix}: mean probability": mean_probability(result.probs[0])}
-
-
-def mean_probability(probs: torch.Tensor) -> torch.Tensor:
-    """(N, C, *spatial) per-draw class probabilities -> their mean, renormalised over classes."""
-    p = probs.mean(0)
-    return p / p.sum(0, keepdim=True).clamp_min(1e-6)
-
-
 @torch.no_grad()
-def row_probabilities(net, x: torch.Tensor, samplers: dict[str, SamplerConfig]) -> dict[str, torch.Tensor]:
-    """Every row's class probabilities (C, *spatial) for one preprocessed image x (1, C_in, *spatial).
-    CFENet runs once; every sampler starts from the same seeded X999 (so the one-step plan is the
-    staged plan's own RS call)."""
-    logits, cond = net.condition(x)
-    rs = net.sample(x, StagedSampler(SamplerConfig(plan="one-step", draws_per_branch=1)), cond)
-    rows = {"CFENet alone": logits.float().softmax(1)[0], "RS call only": rs.probs[0, 0]}
-    for name, config in samplers.items():
-        result = net.sample(x, StagedSampler(config), cond)
-        rows.update(fusion_rows(name, result, net.num_classes, config.draws_per_branch))
-    rows["UniSegDiff default (network forward)"] = net.predict_probabilities(x, cond)[0]
+def row_probabilities(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every inference pipeline's class probabilities (C, *spatial) for one preprocessed image x
+    (1, C_in, *spatial), CFENet once and one set of draws for the pipelines that share them; the row of
+    the pipeline the trainer chose is the network's own forward (what nnUNetv2_predict runs)."""
+    out = pipeline_probabilities(net, x, PIPELINES)
+    rows = {f"pipeline: {name}": p[0] for name, p in out.items()}
+    rows["UniSegDiff (chosen pipeline, network forward)"] = out[net.settings.pipeline][0]
     return rows
 
 
@@ -232,7 +201,7 @@ class ModelScorer:
         self.preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
         self.labels = [int(k) for k in p.label_manager.foreground_labels]
 
-    def rows(self, image_file: Path, samplers: dict[str, SamplerConfig]) -> tuple[dict[str, np.ndarray], dict]:
+    def rows(self, image_file: Path) -> tuple[dict[str, np.ndarray], dict]:
         """Label map in the image's own shape and mean normalised entropy, per row."""
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
         p = self.predictor
@@ -245,7 +214,7 @@ class ModelScorer:
                              "the benchmark scores single-tile 2D images (use --size equal to the patch)")
         x = torch.from_numpy(np.ascontiguousarray(data[:, 0])).float()[None].to(self.device)
         segs, entropy = {}, {}
-        for name, probs in row_probabilities(self.net, x, samplers).items():
+        for name, probs in row_probabilities(self.net, x).items():
             probs = probs.cpu()
             seg = convert_predicted_logits_to_segmentation_with_correct_shape(
                 probabilities_to_logits(probs[None])[0][:, None], p.plans_manager, p.configuration_manager,
@@ -280,27 +249,28 @@ def score_seed(paths: dict, args, device: torch.device) -> dict:
     modality_of = {c: modality_of.get(c, c.rsplit("_", 1)[-1]) for c in cases}
     out = {}
     for epochs, model_dir in paths["models"].items():
-        first = epochs == args.dnet_epochs[0]  # the other budgets: the paper's sampler and the default only
-        samplers = {k: v for k, v in sampler_settings().items() if first or k == "paper sampler"}
+        first = epochs == args.dnet_epochs[0]  # CLI predictions exist for the first budget
         scorer = ModelScorer(model_dir, device)
         gts = {c: scorer.rw.read_seg(str(raw / "labelsTs" / f"{c}.png"))[0][0] for c in cases}
         per_row: dict[str, list[dict]] = {}
         agree = {}
         for case, image in zip(cases, images):
-            segs, entropy = scorer.rows(image, samplers)
+            segs, entropy = scorer.rows(image)
             if first:
                 segs.update(cli_rows(paths, case, scorer.rw))
                 entropy.update({k: float("nan") for k in segs if k not in entropy})
                 agree.setdefault("cfenet_vs_cli_baseline", []).append(
                     float((segs["CFENet alone"] == segs["nnUNetv2_predict: nnUNetTrainer"]).mean()))
-                agree.setdefault("default_vs_cli_unisegdiff", []).append(float(
-                    (segs["UniSegDiff default (network forward)"] == segs["nnUNetv2_predict: UniSegDiff"]).mean()))
+                forward = segs["UniSegDiff (chosen pipeline, network forward)"]
+                agree.setdefault("default_vs_cli_unisegdiff", []).append(
+                    float((forward == segs["nnUNetv2_predict: UniSegDiff"]).mean()))
             for name, seg in segs.items():
                 per_row.setdefault(name, []).append(
                     {"case": case, "entropy": entropy[name], **case_scores(seg.reshape(gts[case].shape),
                                                                             gts[case], scorer.labels)})
         out[epochs] = {"rows": {name: summarize(rows, modality_of) for name, rows in per_row.items()},
-                       "pixel_agreement": {k: float(np.mean(v)) for k, v in agree.items()}}
+                       "pixel_agreement": {k: float(np.mean(v)) for k, v in agree.items()},
+                       "chosen_pipeline": scorer.net.settings.pipeline}
     return out
 
 
@@ -404,7 +374,9 @@ def main(argv=None) -> int:
         paths = train_seed(seed, args, args.work)
         timings[seed] = paths["seconds"]
         per_seed.append(score_seed(paths, args, device))
-        print(f"seed {seed}: pixel agreement {per_seed[-1][args.dnet_epochs[0]]['pixel_agreement']}", flush=True)
+        first = per_seed[-1][args.dnet_epochs[0]]
+        print(f"seed {seed}: chosen pipeline {first['chosen_pipeline']}, pixel agreement {first['pixel_agreement']}",
+              flush=True)
         print_rows(aggregate(per_seed[-1:], args.dnet_epochs[0]))
     results = {"per_seed": dict(zip(args.seeds, per_seed)), "timings": timings,
                "tables": {e: aggregate(per_seed, e) for e in args.dnet_epochs}}

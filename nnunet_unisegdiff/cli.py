@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "demo": "nnunet_unisegdiff.demo.runner",
     "uncertainty": "nnunet_unisegdiff.evaluation.uncertainty",
     "gradients": "nnunet_unisegdiff.analysis.gradients",
+    "pipeline": "nnunet_unisegdiff.training.override",
 }
 
 

@@ -1,5 +1,6 @@
 """The demo's report: Table-3 metrics of both methods, the figure grid (image, ground truth, each
-method, uncertainty), the training curves and report/README.md."""
+method, uncertainty), each method's per-case confidence and review list, the training curves and
+report/README.md."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,9 @@ from PIL import Image  # noqa: E402
 
 from nnunet_unisegdiff.evaluation import evaluate, uncertainty  # noqa: E402
 from nnunet_unisegdiff.evaluation import report as tables  # noqa: E402
+from nnunet_unisegdiff.evaluation.confidence import case_confidence  # noqa: E402
+
+REVIEW_ROWS = 5  # cases per method in the README's review list
 
 
 def fmt_seconds(s: float) -> str:
@@ -65,10 +69,11 @@ def _case_dice(per_case: Sequence[Mapping], case: str) -> float | None:
 def plot_grid(path: Path, cases: Sequence[str], images_dir: Path, labels_dir: Path,
               pred_dirs: Mapping[str, Path], per_case: Mapping[str, Sequence[Mapping]],
               uncertainty: Mapping[str, np.ndarray], tasks: Mapping[str, str], uncertainty_of: str,
-              dpi: int = 110) -> None:
-    """Rows: cases. Columns: image, ground truth, each method's prediction (with its Dice), and the
-    uncertainty map. Masks are drawn over the image; the ground-truth contour is repeated in green
-    on every prediction."""
+              dpi: int = 110, confidence: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """Rows: cases. Columns: image, ground truth, each method's prediction (with its Dice and, where
+    its probabilities were saved, its per-case confidence), and the uncertainty map. Masks are drawn
+    over the image; the ground-truth contour is repeated in green on every prediction."""
+    confidence = confidence or {}
     colours = {"gt": (0.1, 0.8, 0.2)}
     palette = [(1.0, 0.8, 0.0), (0.2, 0.55, 1.0), (0.95, 0.3, 0.2), (0.7, 0.3, 0.8)]
     methods = list(pred_dirs)
@@ -95,20 +100,23 @@ def plot_grid(path: Path, cases: Sequence[str], images_dir: Path, labels_dir: Pa
                     title = "no lesion: none found" if not mask.any() else "no lesion: false lesion"
                 else:
                     title = "Dice n/a" if d is None else f"Dice {100 * d:.1f}"
+                if case in confidence.get(kind, {}):
+                    title += f"\nconfidence {confidence[kind][case]:.2f}"
                 ax.set_title(title, fontsize=8)
         ax = axes[r, len(titles) - 1]
         if case in uncertainty:
             heat = ax.imshow(uncertainty[case], cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"mean entropy {uncertainty[case].mean():.3f}", fontsize=8)
         axes[r, 0].set_ylabel(f"{case}\n{tasks.get(case, '')}", fontsize=7)
+    header_y = 1.38 if confidence else 1.25  # above two-line panel titles
     for c, title in enumerate(titles):
-        axes[0, c].annotate(title, (0.5, 1.25), xycoords="axes fraction", ha="center", va="bottom",
+        axes[0, c].annotate(title, (0.5, header_y), xycoords="axes fraction", ha="center", va="bottom",
                             fontsize=9, fontweight="bold")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.subplots_adjust(left=0.07, right=0.93, top=1 - 0.7 / fig.get_figheight(), bottom=0.02,
-                        wspace=0.05, hspace=0.3)
+    fig.subplots_adjust(left=0.07, right=0.93, top=1 - (0.9 if confidence else 0.7) / fig.get_figheight(),
+                        bottom=0.02, wspace=0.05, hspace=0.45 if confidence else 0.3)
     if heat is not None:
         cax = fig.add_axes([0.94, 0.2, 0.012, 0.6])
         fig.colorbar(heat, cax=cax).set_label("normalised entropy of the posterior", fontsize=8)
@@ -163,7 +171,9 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
     non_empty = {row["case"]: not row["gt_empty"] for row in per_case[methods[0]]}
     cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases)
     grid = report_dir / "predictions.png"
-    plot_grid(grid, cases, Path(images_dir), Path(labels_dir), pred_dirs, per_case, unc_maps, tasks, uncertainty_of)
+    confidence = {name: method_confidence(folder) for name, folder in pred_dirs.items()}
+    plot_grid(grid, cases, Path(images_dir), Path(labels_dir), pred_dirs, per_case, unc_maps, tasks, uncertainty_of,
+              confidence=confidence)
 
     curves = copy_training_curves(training_dirs or {}, report_dir)
     all_rows = {name: next((r for r in results[name]["summary"] if r["task"] == evaluate.ALL_TASK), {})
@@ -179,9 +189,49 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
                "prediction_dirs": {name: str(p) for name, p in pred_dirs.items()},
                "uncertainty_dir": os.path.relpath(Path(pred_dirs[uncertainty_of]) / uncertainty.DEFAULT_SUBDIR,
                                                   report_dir),
-               "most_uncertain": [r["case"] for r in sorted(unc_rows, key=lambda r: -r["mean_entropy"])[:3]]}
+               "most_uncertain": [r["case"] for r in sorted(unc_rows, key=lambda r: -r["mean_entropy"])[:3]],
+               "confidence": confidence,
+               "review": {name: review_rows(confidence[name], per_case[name]) for name in methods if confidence[name]}}
     finish_report(report_dir, summary)
     return summary
+
+
+def method_confidence(pred_dir: Path) -> dict[str, float]:
+    """case -> per-case confidence from the method's saved probabilities ({} when none were saved)."""
+    return {p.name[:-len(".npz")]: case_confidence(uncertainty.load_probabilities(p))
+            for p in sorted(Path(pred_dir).glob("*.npz"))}
+
+
+def review_rows(confidence: Mapping[str, float], per_case: Sequence[Mapping],
+                limit: int = REVIEW_ROWS) -> list[dict]:
+    """The `limit` least confident cases of one method with what happened to them (Dice, or whether
+    a lesion-free image got a lesion), so a reader sees whether low confidence meant a bad mask."""
+    rows = {row["case"]: row for row in per_case}
+    out = []
+    for rank, case in enumerate(sorted(confidence, key=lambda c: (confidence[c], c))[:limit], 1):
+        row = rows.get(case, {})
+        if row.get("gt_empty"):
+            outcome = "no lesion: false lesion" if not row.get("pred_empty") else "no lesion: none found"
+        else:
+            d = _case_dice(per_case, case)
+            outcome = "n/a" if d is None else f"Dice {100 * d:.1f}"
+        out.append({"rank": rank, "case": case, "confidence": confidence[case], "outcome": outcome})
+    return out
+
+
+def review_lines(review: Mapping[str, Sequence[Mapping]]) -> list[str]:
+    """README section: each method's least confident cases."""
+    if not review:
+        return []
+    lines = ["## Review list: the least confident cases", "",
+             ("`confidence` (0..1, higher = more likely a good segmentation) is what `unisegdiff uncertainty` "
+              "writes to `uncertainty.csv`: the soft Dice between a method's probabilities and its own mask, "
+              "and for an empty mask how far its most lesion-like pixel stays below 0.5 "
+              "(`docs/method.md`). It is computed from each method's saved probabilities alike."), "",
+             "| method | rank | case | confidence | outcome |", "|---|---:|---|---:|---|"]
+    for name, rows in review.items():
+        lines += [f"| {name} | {r['rank']} | {r['case']} | {r['confidence']:.3f} | {r['outcome']} |" for r in rows]
+    return lines + [""]
 
 
 def evaluate_methods(pred_dirs: Mapping[str, Path], labels_dir: Path, sources: Path | None,
@@ -223,10 +273,11 @@ def finish_report(report_dir: Path, summary: dict) -> None:
               f"Empty masks: {summary['empty_rule']}", "", summary["counts"].rstrip(), "",
               "Per case: `../evaluation/<method>/per_case.csv`.", "",
               "## Predictions", "",
-              "Image, ground truth (green), each method's mask (ground-truth contour in green on top) with its "
-              "Dice, and the uncertainty map: the entropy of UniSegDiff's STAPLE posterior over its 20 staged "
-              "samples (black: the samples agree; yellow: they disagree). All cases: "
-              f"`{summary['uncertainty_dir']}`.", "", f"![predictions]({summary['grid']})", ""]
+              ("Image, ground truth (green), each method's mask (ground-truth contour in green on top) with its "
+               "Dice, and the uncertainty map: the entropy of UniSegDiff's STAPLE posterior over its 20 staged "
+               "samples (black: the samples agree; yellow: they disagree). All cases: "
+               f"`{summary['uncertainty_dir']}`. Under each mask: its Dice and the method's per-case confidence."),
+              "", f"![predictions]({summary['grid']})", "", *review_lines(summary.get("review", {}))]
     if summary.get("curves"):
         lines += ["## Training curves (nnU-Net's progress plots)", ""]
         for name, files in summary["curves"].items():

@@ -1,4 +1,5 @@
-"""`unisegdiff uncertainty`: per-pixel uncertainty maps a person can look at, from the class
+"""`unisegdiff uncertainty`: per-pixel uncertainty maps a person can look at, and a per-case
+`confidence` that ranks the cases for review (least confident first), from the class
 probabilities nnU-Net saves with `--save_probabilities`.
 
 For UniSegDiff those probabilities are the STAPLE posterior of the 20 staged samples (paper
@@ -18,8 +19,21 @@ evaluators such as `nnUNetv2_evaluate_folder` treat every `.png` beside the labe
   yellow = maximal), the size of the label file (3D: a montage of slices);
 * `CASE_overlay.png`: the heat map blended over the input image (with `--images`) or over the
   predicted mask, with the predicted lesion contour in cyan;
-* `uncertainty.csv`: per case the mean entropy, its 95th percentile and the fraction of pixels
-  above 0.5: a list of the cases worth a second look.
+* `CASE_uncertainty.nii.gz` (3D only): the entropy map as a float image with the input image's
+  spacing, origin and direction, read by nnU-Net's `SimpleITKIO` from the predicted label file
+  `CASE.nii.gz` that nnUNetv2_predict wrote beside the `.npz` (or from the image in `--images`),
+  so it overlays the scan in any viewer;
+* `uncertainty.csv`: per case the `confidence` (below), the mean entropy, its 95th percentile,
+  the fraction of pixels above 0.5, the predicted lesion's size, `review_rank` (1 = least
+  confident) and, in 3D, the NIfTI map's name (empty when no geometry was found).
+
+`confidence` is a per-case score in [0, 1], higher = more likely a good segmentation
+(`nnunet_unisegdiff.evaluation.confidence`): the soft Dice between the foreground probabilities
+and their own mask when a lesion is predicted, and for an empty prediction how far its most
+lesion-like pixel stays below 0.5. It reads only the probabilities, so nnUNetTrainer's softmax and
+UniSegDiff's fused draws are scored alike, and it is only as informative as they are: a posterior
+saturated to 0/1 gives every case a confidence near 1. The command prints the cases ranked by it,
+least confident first: the review list.
 """
 from __future__ import annotations
 
@@ -28,15 +42,19 @@ import csv
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from nnunet_unisegdiff.evaluation.confidence import case_confidence
 
 DEFAULT_SUBDIR = "uncertainty"
 DEFAULT_CMAP = "inferno"
 UNCERTAIN_LEVEL = 0.5  # normalised entropy above which a pixel counts as uncertain
 CONTOUR_RGB = (0, 255, 255)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".mha", ".gipl")  # nnU-Net's SimpleITKIO endings
+DEFAULT_REVIEW = 10  # cases printed in the review list
 
 
 # ----------------------------------------------------------------------------- maps
@@ -136,12 +154,13 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(path, format="PNG")
 
 
-def find_image(images_dir: Path | None, case: str) -> Path | None:
+def find_image(images_dir: Path | None, case: str,
+               suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Path | None:
     """`CASE_0000.<ext>` (nnU-Net's naming) or `CASE.<ext>` in `images_dir`."""
     if images_dir is None:
         return None
     for stem in (f"{case}_0000", case):
-        for suffix in IMAGE_SUFFIXES:
+        for suffix in suffixes:
             if (images_dir / f"{stem}{suffix}").is_file():
                 return images_dir / f"{stem}{suffix}"
     return None
@@ -153,15 +172,48 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
 
 
-def case_statistics(case: str, u: np.ndarray, prediction: np.ndarray) -> dict:
-    return {"case": case, "mean_entropy": float(u.mean()), "p95_entropy": float(np.percentile(u, 95)),
+def case_statistics(case: str, u: np.ndarray, prediction: np.ndarray, probs: np.ndarray) -> dict:
+    """One row of uncertainty.csv (`review_rank` is added once all cases are known)."""
+    return {"case": case, "confidence": case_confidence(probs), "mean_entropy": float(u.mean()),
+            "p95_entropy": float(np.percentile(u, 95)),
             "uncertain_fraction": float((u > UNCERTAIN_LEVEL).mean()),
             "foreground_pixels": int((prediction > 0).sum())}
 
 
+def geometry_source(pred_dir: Path, images_dir: Path | None, case: str) -> Path | None:
+    """The file whose geometry a 3D map takes: the predicted label file nnUNetv2_predict wrote
+    (`PRED/CASE.nii.gz`, it carries the input image's geometry), else the input image."""
+    for suffix in VOLUME_SUFFIXES:
+        if (pred_dir / f"{case}{suffix}").is_file():
+            return pred_dir / f"{case}{suffix}"
+    return find_image(images_dir, case, VOLUME_SUFFIXES)
+
+
+def write_volume_map(values: np.ndarray, path: Path, geometry_file: Path) -> bool:
+    """Write a 3D float map with `geometry_file`'s spacing, origin and direction, as nnU-Net's
+    SimpleITKIO reads them. Its `write_seg` casts to integer labels, so the float image is written
+    with SimpleITK the way `write_seg` does. False (with a warning) when the shapes differ."""
+    import SimpleITK as sitk
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    array, props = SimpleITKIO().read_images([str(geometry_file)])  # read_seg is this for one file
+    spatial = array.shape[1:]
+    squeezed = tuple(s for s in spatial if s != 1)  # load_probabilities drops singleton axes too
+    if len(props["sitk_stuff"]["spacing"]) != 3 or squeezed != tuple(s for s in values.shape if s != 1):
+        warnings.warn(f"{geometry_file}: shape {spatial} differs from the probabilities' {values.shape}; "
+                      f"{path.name} not written", stacklevel=2)
+        return False
+    image = sitk.GetImageFromArray(np.asarray(values, dtype=np.float32).reshape(spatial))
+    image.SetSpacing(props["sitk_stuff"]["spacing"])
+    image.SetOrigin(props["sitk_stuff"]["origin"])
+    image.SetDirection(props["sitk_stuff"]["direction"])
+    sitk.WriteImage(image, str(path), True)
+    return True
+
+
 def write_case(npz_file: Path, out_dir: Path, images_dir: Path | None = None,
                cmap: str = DEFAULT_CMAP) -> dict:
-    """Both PNGs of one case; returns its statistics row (with the written paths)."""
+    """Both PNGs of one case (and the NIfTI map of a 3D case); returns its statistics row (with
+    the written file names)."""
     case = npz_file.name[:-len(".npz")]
     probs = load_probabilities(npz_file)
     u = entropy_map(probs)
@@ -177,8 +229,30 @@ def write_case(npz_file: Path, out_dir: Path, images_dir: Path | None = None,
     heat_file, overlay_file = out_dir / f"{case}_uncertainty.png", out_dir / f"{case}_overlay.png"
     _write_png(heat_file, heatmap_rgb(montage(u), cmap))
     _write_png(overlay_file, overlay_rgb(montage(u), montage(prediction), image, cmap))
-    return {**case_statistics(case, u, prediction), "uncertainty_png": heat_file.name,
-            "overlay_png": overlay_file.name}
+    row = {**case_statistics(case, u, prediction, probs), "uncertainty_png": heat_file.name,
+           "overlay_png": overlay_file.name}
+    if u.ndim == 3:
+        row["uncertainty_volume"] = _write_case_volume(u, out_dir / f"{case}_uncertainty.nii.gz",
+                                                       geometry_source(npz_file.parent, images_dir, case))
+    return row
+
+
+def _write_case_volume(u: np.ndarray, path: Path, geometry_file: Path | None) -> str:
+    """File name written, or '' when the geometry is unknown (no label file, no image)."""
+    if geometry_file is None:
+        warnings.warn(f"no label file or image with a geometry for {path.name}; not written "
+                      f"(looked for {', '.join(VOLUME_SUFFIXES)})", stacklevel=3)
+        return ""
+    return path.name if write_volume_map(u, path, geometry_file) else ""
+
+
+def rank_for_review(rows: Sequence[dict]) -> list[dict]:
+    """Rows sorted least confident first, each given its `review_rank` (1 = review first); ties
+    keep the case order."""
+    ranked = sorted(rows, key=lambda r: r["confidence"])
+    for i, row in enumerate(ranked, 1):
+        row["review_rank"] = i
+    return ranked
 
 
 def write_uncertainty(pred_dir: str | Path, out_dir: str | Path | None = None,
@@ -197,8 +271,10 @@ def write_uncertainty(pred_dir: str | Path, out_dir: str | Path | None = None,
                                 "--save_probabilities")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [write_case(f, out_dir, Path(images_dir) if images_dir else None, cmap) for f in files]
+    rank_for_review(rows)
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # 2D and 3D rows may differ
     with open(out_dir / "uncertainty.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
@@ -208,16 +284,32 @@ def write_uncertainty(pred_dir: str | Path, out_dir: str | Path | None = None,
 # ----------------------------------------------------------------------------- command line
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "uncertainty", help="entropy heat maps from nnUNetv2_predict --save_probabilities output",
+        "uncertainty", help="entropy maps and a per-case confidence from nnUNetv2_predict --save_probabilities output",
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pred", metavar="PRED_DIR", help="nnUNetv2_predict output folder holding CASE.npz files")
     p.add_argument("-o", "--output", default=None, metavar="OUT_DIR",
                    help=f"output folder (default PRED_DIR/{DEFAULT_SUBDIR})")
     p.add_argument("--images", default=None, metavar="IMAGES_DIR",
-                   help="the folder given to nnUNetv2_predict -i: overlays are drawn on the images")
+                   help="the folder given to nnUNetv2_predict -i: overlays are drawn on the images; "
+                        "3D maps take their geometry from them when PRED_DIR has no label file")
     p.add_argument("--cmap", default=DEFAULT_CMAP, help=f"matplotlib colour map (default {DEFAULT_CMAP})")
+    p.add_argument("--review", type=int, default=DEFAULT_REVIEW, metavar="N",
+                   help=f"cases in the printed review list (default {DEFAULT_REVIEW}; 0 = all)")
     p.set_defaults(func=main)
+
+
+def review_list(rows: Sequence[dict], limit: int | None = DEFAULT_REVIEW) -> str:
+    """The printed review list: cases least confident first, with what makes them so."""
+    ranked = sorted(rows, key=lambda r: r["review_rank"])
+    shown = ranked if limit is None or limit <= 0 else ranked[:limit]
+    lines = [f"review first (least confident of {len(rows)}; confidence 0..1, 1 = likely good):",
+             f"  {'rank':>4}  {'confidence':>10}  {'lesion px':>9}  case"]
+    lines += [f"  {r['review_rank']:>4}  {r['confidence']:>10.3f}  {r['foreground_pixels']:>9}  {r['case']}"
+              for r in shown]
+    if len(shown) < len(rows):
+        lines.append(f"  ... {len(rows) - len(shown)} more in uncertainty.csv (--review 0 prints all)")
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -227,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"unisegdiff uncertainty: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.output) if args.output else Path(args.pred) / DEFAULT_SUBDIR
-    worst = sorted(rows, key=lambda r: -r["mean_entropy"])[:5]
-    print(f"{len(rows)} cases -> {out} (CASE_uncertainty.png, CASE_overlay.png, uncertainty.csv)")
-    print("most uncertain: " + ", ".join(f"{r['case']} ({r['mean_entropy']:.3f})" for r in worst))
+    volumes = ", CASE_uncertainty.nii.gz" if any(r.get("uncertainty_volume") for r in rows) else ""
+    print(f"{len(rows)} cases -> {out} (CASE_uncertainty.png, CASE_overlay.png{volumes}, uncertainty.csv)")
+    print(review_list(rows, args.review))
     return 0

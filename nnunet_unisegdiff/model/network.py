@@ -2,35 +2,37 @@
 
 nnU-Net never instantiates a trainer at inference: it calls the static-style
 `build_network_architecture` and loads `network_weights` strictly, then runs `network(tile)` in eval
-mode. So in eval mode `forward(image)` runs the whole of staged inference and returns logits whose
-softmax is the fused (STAPLE) posterior. Until DNet is trained (a flag kept in the state dict) it
-returns CFENet's logits, which is what phase-A validation needs.
+mode. So in eval mode `forward(image)` runs the recorded inference pipeline (model/pipelines.py;
+default: staged sampling + STAPLE) and returns logits whose softmax is its probabilities. Until DNet is
+trained (a flag kept in the state dict) it returns CFENet's logits, which is what phase-A validation needs.
+
+The settings (sampler, fusion, STAPLE prior, seed, pipeline) travel in the state dict as torch's
+`_extra_state`, so nnU-Net's predictor, which builds the network from the trainer class and then loads
+the weights, predicts with what the checkpoint recorded. A checkpoint saved before the settings were
+recorded loads with the class's settings and a log line naming them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from typing import Any, Mapping
 
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import Tensor, nn
 
-from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.fusion import probabilities_to_logits
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.model.cfenet import CFENetTap
 from nnunet_unisegdiff.model.dnet import DNet
+from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
+from nnunet_unisegdiff.model.settings import (ARCHITECTURE_FIELDS, UniSegDiffSettings, settings_from_dict,
+                                              settings_to_dict)
 
-
-@dataclass(frozen=True)
-class UniSegDiffSettings:
-    """Everything about the method that is not in nnU-Net's plan; trainer variants replace fields."""
-    dnet_width: float = 1.0          # fraction of the plan's features per stage (1.0: paper-sized)
-    token_budget: int = 1024         # DCA at stages with at most this many positions, fusion above
-    use_dca: bool = True
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    fusion: str = "staple"           # or "vote" (no-STAPLE ablation)
-    staple_pseudo_pixels: float | None = 0.03  # STAPLE's rate prior, fraction of pixels (None: paper, 1 pixel)
-    seed: int | None = 0             # noise seed per forward call: predictions are reproducible
+__all__ = ["UniSegDiffNetwork", "UniSegDiffSettings", "build_unisegdiff_network"]
+log = logging.getLogger("nnunet_unisegdiff")
+EXTRA_STATE_KEY = "_extra_state"  # torch's key for get_extra_state(); holds the settings record
+SETTINGS_FORMAT = 1
 
 
 class UniSegDiffNetwork(nn.Module):
@@ -66,8 +68,8 @@ class UniSegDiffNetwork(nn.Module):
         Otherwise: CFENet's output in train mode or before DNet is trained, the staged prediction in eval."""
         if x_t is not None:
             return self.dnet(x_t, t, self.condition(image)[1])
-        if self.training or not bool(self.dnet_trained):
-            return self.cfenet(image)
+        if self.training or not bool(self.dnet_trained) or self.settings.pipeline == "cfenet":
+            return self.cfenet(image)  # "cfenet": nnU-Net's own logits, bit for bit
         return probabilities_to_logits(self.predict_probabilities(image))
 
     @torch.no_grad()
@@ -92,10 +94,36 @@ class UniSegDiffNetwork(nn.Module):
         shape = (image.shape[0], self.num_classes, *image.shape[2:])
         return sampler.sample(denoise, shape, image.device, generator)
 
-    def predict_probabilities(self, image: Tensor, cond: list[Tensor] | None = None) -> Tensor:
-        """(B, C_in, *spatial) -> fused class probabilities (B, C, *spatial)."""
-        return fuse_masks(self.sample(image, cond=cond).masks, self.num_classes, self.settings.fusion,
-                          self.settings.staple_pseudo_pixels)
+    def predict_probabilities(self, image: Tensor) -> Tensor:
+        """(B, C_in, *spatial) -> class probabilities (B, C, *spatial) of the recorded pipeline."""
+        return pipeline_probabilities(self, image, [self.settings.pipeline])[self.settings.pipeline]
+
+    # ---- the settings record in the state dict ---------------------------------------------------
+    def set_settings(self, settings: UniSegDiffSettings) -> None:
+        """Inference settings only: DNet's architecture is fixed by its weights."""
+        changed = [f for f in ARCHITECTURE_FIELDS if getattr(settings, f) != getattr(self.settings, f)]
+        if changed:
+            raise ValueError(f"settings change DNet's architecture ({', '.join(changed)}): "
+                             f"{[(f, getattr(self.settings, f), getattr(settings, f)) for f in changed]}; build "
+                             "the network with the trainer class the checkpoint was trained with")
+        self.settings = settings
+        self.sampler = StagedSampler(settings.sampler)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"format": SETTINGS_FORMAT, "settings": settings_to_dict(self.settings)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != SETTINGS_FORMAT:
+            raise ValueError(f"UniSegDiff settings record of format {state.get('format')}, this version reads "
+                             f"format {SETTINGS_FORMAT}")
+        self.set_settings(settings_from_dict(state["settings"]))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        if EXTRA_STATE_KEY not in state_dict:
+            log.warning("UniSegDiff checkpoint without recorded inference settings (saved by a version before "
+                        "they were recorded): predicting with the trainer class's settings %s", self.settings)
+            state_dict = {**state_dict, EXTRA_STATE_KEY: self.get_extra_state()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def build_unisegdiff_network(plans_manager: PlansManager, configuration_manager: ConfigurationManager,

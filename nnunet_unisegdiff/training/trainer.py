@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from dataclasses import replace
 from os.path import isfile, join
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
@@ -27,8 +31,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, phase_b_loss
 from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSettings, build_unisegdiff_network
+from nnunet_unisegdiff.model.settings import PIPELINES
 from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 from nnunet_unisegdiff.training.plots import plot_stage_losses
+from nnunet_unisegdiff.training.selection import choose_pipeline, format_table, score_pipelines, write_record
 
 # points phase-A reuse at a CFENet checkpoint; "none" disables finding nnUNetTrainer's automatically
 CFENET_CHECKPOINT_ENV = "nnUNet_unisegdiff_cfenet"
@@ -61,6 +67,9 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     objective = StagedObjective()
     unisegdiff = UniSegDiffSettings()
     inference_mirroring = False        # test-time mirroring multiplies sampling cost by 4 (2D) / 8 (3D)
+    inference_pipeline = "auto"        # "auto": chosen after phase B on the fold's validation cases; or a name
+    pipeline_candidates = PIPELINES    # what "auto" chooses from (model/pipelines.py); CFENet alone among them
+    pipeline_margin = 0.5              # Dice points a DNet pipeline must gain over CFENet on validation
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -72,6 +81,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
                              f"{self.objective.diffusion} differ from the sampler's "
                              f"{self.unisegdiff.sampler.diffusion}; DNet would be sampled in stages it "
                              "was not trained on")
+        if self.inference_pipeline not in ("auto", *PIPELINES):
+            raise ValueError(f"{type(self).__name__}.inference_pipeline must be 'auto' or one of {PIPELINES}")
         if self.label_manager.has_regions or self.label_manager.has_ignore_label:
             raise RuntimeError(f"{type(self).__name__} supports plain label maps (softmax over classes); this "
                                "dataset.json declares region-based labels or an ignore label, which the staged "
@@ -257,6 +268,67 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         if self.phase == "A" and self.current_epoch == self.num_epochs_cfenet:
             # a crash early in phase B resumes from here rather than from an older checkpoint_best
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+
+    # ---- the inference pipeline -------------------------------------------------------------------
+    def on_train_end(self) -> None:
+        """The pipeline is chosen before nnU-Net writes checkpoint_final, which records it."""
+        if self.phase == "B":
+            self.choose_inference_pipeline()
+        super().on_train_end()
+
+    def choose_inference_pipeline(self) -> str:
+        """Fixed by `inference_pipeline`, or the best of `pipeline_candidates` on this fold's validation
+        cases (training/selection.py): a table in the log and in the fold folder's inference_pipeline.json."""
+        net = self.composite
+        if self.inference_pipeline != "auto":
+            chosen = self.inference_pipeline
+            self.print_to_log_file(f"Inference pipeline: {chosen} (fixed by {type(self).__name__})")
+        else:
+            chosen = self._choose_on_validation() if self.local_rank == 0 else None
+            if self.is_ddp:
+                box = [chosen]
+                dist.broadcast_object_list(box, src=0)
+                chosen = box[0]
+        net.set_settings(replace(net.settings, pipeline=chosen))
+        return chosen
+
+    def _choose_on_validation(self) -> str:
+        self.print_to_log_file(f"Choosing the inference pipeline on this fold's validation cases among "
+                               f"{', '.join(self.pipeline_candidates)}")
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=True, device=self.device, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(self.composite, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, type(self).__name__, self.inference_allowed_mirroring_axes)
+        net, settings = self.composite, self.composite.settings
+
+        def predict(pipeline: str, data: np.ndarray) -> np.ndarray:
+            net.set_settings(replace(settings, pipeline=pipeline))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # nnU-Net's 'array is not writable'
+                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data))
+            return logits.argmax(0).cpu().numpy()
+
+        labels = [int(k) for k in self.label_manager.foreground_labels]
+        table = score_pipelines(predict, self._validation_cases(), self.pipeline_candidates, labels)
+        chosen = choose_pipeline(table, self.pipeline_margin)
+        rule = (f"highest mean per-case Dice on the fold's validation cases; a DNet pipeline only if it beats "
+                f"cfenet by more than {self.pipeline_margin} points")
+        write_record(self.output_folder, chosen, table, rule)
+        self.print_to_log_file(f"Inference pipeline: {chosen} ({rule}):\n{format_table(table, chosen)}")
+        return chosen
+
+    def _validation_cases(self):
+        """(key, preprocessed data (C, *spatial), reference labels (*spatial)) of the fold's validation cases."""
+        if self.is_cascaded:
+            raise NotImplementedError(f"{type(self).__name__}: choosing a pipeline of a cascade's second stage "
+                                      "is not supported; set inference_pipeline to a name")
+        _, val_keys = self.do_split()
+        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
+                                         folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+        for key in dataset_val.identifiers:
+            data, seg, _, _ = dataset_val.load_case(key)
+            yield key, np.asarray(data[:]), np.asarray(seg[:])[0]
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:

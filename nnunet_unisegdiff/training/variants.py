@@ -8,6 +8,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
 from nnunet_unisegdiff.diffusion.staged import StagedObjective
+from nnunet_unisegdiff.model.pipelines import PAPER_PSEUDO_PIXELS, PAPER_SAMPLER
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 __all__ = [  # the trainers only: nnU-Net's trainer folder re-exports these by `import *`
@@ -52,33 +53,37 @@ class nnUNetTrainerUniSegDiffMirroring(nnUNetTrainerUniSegDiff):
     inference_mirroring = True
 
 
-# ---- ablations of the paper's Tables 4 and 6 ------------------------------------------------------
-class nnUNetTrainerUniSegDiffUniformEps(nnUNetTrainerUniSegDiff):
+# ---- ablations of the paper's Tables 4 and 6: each predicts with its own sampler and fusion ---------
+class _Ablation(nnUNetTrainerUniSegDiff):
+    inference_pipeline = "diffusion"  # the ablated method itself, never replaced by CFENet or another plan
+
+
+class nnUNetTrainerUniSegDiffUniformEps(_Ablation):
     """Plain eps-prediction diffusion, sampled with DDIM-100."""
     objective = StagedObjective(mode="uniform-eps")
     unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="ddim", ddim_steps=100, ddim_prediction="eps",
                                                       draws_per_branch=20))
 
 
-class nnUNetTrainerUniSegDiffUniformX0(nnUNetTrainerUniSegDiff):
+class nnUNetTrainerUniSegDiffUniformX0(_Ablation):
     """Plain x0-prediction diffusion, sampled with DDIM-100."""
     objective = StagedObjective(mode="uniform-x0")
     unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="ddim", ddim_steps=100, ddim_prediction="x0",
                                                       draws_per_branch=20))
 
 
-class nnUNetTrainerUniSegDiffOneStep(nnUNetTrainerUniSegDiff):
+class nnUNetTrainerUniSegDiffOneStep(_Ablation):
     """x0 from pure noise in one call (SDSeg-style), trained at t = 999 only."""
     objective = StagedObjective(mode="one-step")
     unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="one-step", draws_per_branch=20))
 
 
-class nnUNetTrainerUniSegDiffNoDCA(nnUNetTrainerUniSegDiff):
+class nnUNetTrainerUniSegDiffNoDCA(_Ablation):
     """Feature fusion at every stage instead of Dual Cross-Attention."""
     unisegdiff = replace(_BASE, use_dca=False)
 
 
-class nnUNetTrainerUniSegDiffNoSTAPLE(nnUNetTrainerUniSegDiff):
+class nnUNetTrainerUniSegDiffNoSTAPLE(_Ablation):
     """Mean vote of the 20 draws instead of STAPLE."""
     unisegdiff = replace(_BASE, fusion="vote")
 
@@ -116,6 +121,6 @@ class nnUNetTrainerDemoBaseline(nnUNetTrainer):
 
 class nnUNetTrainerUniSegDiffPaper(nnUNetTrainerUniSegDiff):
     """The paper's inference taken literally: DR draws from the eps decoder, PM estimates unclamped,
-    STAPLE with a fixed prior of 0.5 (and one pseudo-pixel)."""
-    unisegdiff = replace(_BASE, sampler=SamplerConfig(clamp_x0=False, dr_head="eps"), fusion="staple",
-                         staple_pseudo_pixels=None)
+    STAPLE with a fixed prior of 0.5 (and one pseudo-pixel), always (no choice of pipeline)."""
+    unisegdiff = replace(_BASE, sampler=PAPER_SAMPLER, fusion="staple", staple_pseudo_pixels=PAPER_PSEUDO_PIXELS)
+    inference_pipeline = "diffusion"

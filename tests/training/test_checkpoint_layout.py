@@ -1,7 +1,9 @@
 """Models trained before a refactoring keep loading: nnU-Net's predictor rebuilds the network from
 the trainer class named in the checkpoint and loads `network_weights` strictly, so the state-dict
 keys and shapes the trainers build must stay those recorded in `data/state_dict_layout.json`
-(written by the code of commit aecf9ac, before the package was laid out by role)."""
+(written by the code of commit aecf9ac, before the package was laid out by role). Since then the
+state dict also holds one non-tensor entry, `_extra_state`: the inference settings record, which
+checkpoints without it do without (tests/model/test_settings_record.py)."""
 import json
 from pathlib import Path
 
@@ -23,7 +25,9 @@ def test_trainer_builds_the_recorded_state_dict_layout(entry, monkeypatch):
     dim = int(configuration[0])
     pm = PlansManager(tiny_plans(dim))
     net = cls.build_network_architecture(pm, pm.get_configuration(configuration), 3 if dim == 2 else 1, 2, True)
-    layout = {k: list(v.shape) for k, v in net.state_dict().items()}
+    state = net.state_dict()
+    assert set(state.pop("_extra_state")) == {"format", "settings"}
+    layout = {k: list(v.shape) for k, v in state.items()}
     expected = LAYOUT[entry]
     assert sorted(set(expected) - set(layout)) == [] and sorted(set(layout) - set(expected)) == []
     assert layout == expected

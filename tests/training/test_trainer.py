@@ -1,9 +1,11 @@
 """nnUNetTrainerUniSegDiff in-process: phases, the switch, resume in each phase, reuse of a plain
 nnUNetTrainer checkpoint, ablation variants, and the phase-B step under DDP (gloo, 2 processes)."""
 import copy
+import json
 import multiprocessing as mp
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,3 +334,30 @@ def test_paper_variant_samples_the_papers_plan_call_for_call():
     assert paper_calls == default_calls == [(1, 999)] + [(2, t) for t in range(599, 299, -30)] + [(20, 0)]
     assert torch.equal(paper_masks[0], labels.expand(20, -1, -1))  # eps decoder: the true mask
     assert torch.equal(default_masks[0], 1 - labels.expand(20, -1, -1))  # x0 decoder's (inverted) output
+
+
+def test_pipeline_chosen_after_phase_b_is_recorded_in_the_fold_and_the_checkpoint(nnunet_dirs, monkeypatch):
+    t = make()
+    t._enter_phase("B")
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(3):
+        ref = np.zeros((1, 32, 32), dtype=np.int16)  # nnU-Net's 2D layout: (1, H, W), data (C, 1, H, W)
+        ref[:, 8:20, 10:22] = i > 0  # one lesion-free case
+        cases.append((f"case{i}", rng.normal(size=(3, 1, 32, 32)).astype(np.float32), ref))
+    monkeypatch.setattr(type(t), "_validation_cases", lambda self: iter(cases))
+    chosen = t.choose_inference_pipeline()
+    record = json.loads((Path(t.output_folder) / "inference_pipeline.json").read_text())
+    assert record["chosen"] == chosen == t.composite.settings.pipeline
+    assert list(record["table"]) == list(t.pipeline_candidates)
+    assert all(r["cases"] == 3 and r["lesion_free"] == 1 for r in record["table"].values())
+    t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+    saved = torch.load(os.path.join(t.output_folder, "checkpoint_final.pth"), weights_only=False)
+    assert saved["network_weights"]["_extra_state"]["settings"]["pipeline"] == chosen
+
+
+def test_fixed_pipeline_variants_skip_the_choice(nnunet_dirs, monkeypatch):
+    t = make(nnUNetTrainerUniSegDiffPaper)
+    t._enter_phase("B")
+    monkeypatch.setattr(type(t), "_validation_cases", lambda self: pytest.fail("no validation scoring expected"))
+    assert t.choose_inference_pipeline() == "diffusion" == t.composite.settings.pipeline

@@ -25,8 +25,9 @@ def exported_names() -> dict[str, object]:
 
 
 def variants_defined() -> set[type]:
-    return {c for _, c in inspect.getmembers(variants, inspect.isclass)
-            if issubclass(c, nnUNetTrainer) and c.__module__ == variants.__name__}
+    """The public trainer classes of variants.py (`_`-named ones are shared bases, not -tr names)."""
+    return {c for name, c in inspect.getmembers(variants, inspect.isclass)
+            if issubclass(c, nnUNetTrainer) and c.__module__ == variants.__name__ and not name.startswith("_")}
 
 
 TRAINERS = sorted(exported_names().values(), key=lambda c: c.__name__)

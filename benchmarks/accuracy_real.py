@@ -1,0 +1,246 @@
+"""Real-data accuracy: UniSegDiff next to the nnU-Net it stands on, on a real download (issue 13).
+
+    .venv/bin/python benchmarks/accuracy_real.py DOWNLOAD_DIR --converter busi      # 3 splits
+    .venv/bin/python benchmarks/accuracy_real.py DOWNLOAD_DIR --converter ebhiseg --splits 0
+
+The download is converted with the project's converter (`unisegdiff convert NAME`, BUSI with its
+normal images), resized with `convert unified --resize SIZE`, then per split a stratified held-out
+set is drawn (per class, lesion-free images kept, whole groups on one side). Per split, as in
+`accuracy.py`: `nnUNetTrainer` through `nnUNetv2_train`, UniSegDiff on the same fold with that model
+as CFENet (only DNet trains, then the trainer picks its inference pipeline on the fold's validation
+cases), `nnUNetv2_predict --disable_tta --save_probabilities` with both, and in-process every
+pipeline the network offers on the same preprocessed images. Section 8 of benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import RESULTS, meta, write_json
+from accuracy import (
+    BASELINE,
+    BIN,
+    ModelScorer,
+    aggregate,
+    case_scores,
+    markdown_rows,
+    nnunet_env,
+    print_rows,
+    run,
+    summarize,
+    train_once,
+    unisegdiff_trainer,
+    write_trainers,
+)
+
+from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
+
+# converter name -> (extra converter options, the class of a case from its unified case ID)
+CONVERTERS = {
+    "busi": (["--include-normal"], lambda case: case.split("_")[1]),        # BUSI_benign_0001
+    "ebhiseg": ([], lambda case: case.split("_")[2]),                      # EBHISeg_EBHI_Adeno_GT...
+}
+
+
+def convert_download(args, work: Path) -> Path:
+    """The project's converter, then the unified converter's resize; the resized dataset's folder."""
+    raw = work / "source_raw"
+    resized = next(iter(sorted(raw.glob(f"Dataset{args.dataset_id + 1:03d}_*"))), None) if raw.is_dir() else None
+    if resized is not None:
+        return resized
+    options, _ = CONVERTERS[args.converter]
+    cli = str(BIN / "unisegdiff")
+    for cmd in ([cli, "convert", args.converter, str(args.download), "-d", str(args.dataset_id), "-q", "-o",
+                 str(raw), *options],
+                [cli, "convert", "unified", str(raw), "--datasets", str(args.dataset_id), "--resize",
+                 str(args.size), "-d", str(args.dataset_id + 1), "-q", "-o", str(raw)]):
+        subprocess.run(cmd, check=True)
+    return next(iter(sorted(raw.glob(f"Dataset{args.dataset_id + 1:03d}_*"))))
+
+
+def has_lesion(label_file: Path) -> bool:
+    from PIL import Image
+    return bool(np.asarray(Image.open(label_file)).any())
+
+
+def stratified_split(source: Path, converter: str, num_train: int, num_test: int,
+                     seed: int) -> tuple[list[str], list[str], dict[str, str]]:
+    """(train cases, held-out cases, class of each case). Strata are (class, lesion-free or not); each
+    stratum gives its share of both sets; a group (patient or case token) goes wholly to one side."""
+    sources = json.loads((source / "sources.json").read_text())
+    class_of = {c: CONVERTERS[converter][1](c) for c in sources}
+    stratum = {c: (class_of[c], has_lesion(source / "labelsTr" / f"{c}.png")) for c in sources}
+    groups: dict[str, list[str]] = {}
+    for c, info in sorted(sources.items()):
+        groups.setdefault(info.get("group") or c, []).append(c)
+    by_stratum: dict[tuple, list[str]] = {}
+    for g, cases in sorted(groups.items()):
+        by_stratum.setdefault(stratum[cases[0]], []).append(g)
+    rng = np.random.default_rng(seed)
+    total = len(sources)
+    train, test = [], []
+    for _key, gs in sorted(by_stratum.items()):
+        n_cases = sum(len(groups[g]) for g in gs)
+        want_test, want_train = round(num_test * n_cases / total), round(num_train * n_cases / total)
+        got_test, got_train = [], []
+        for g in rng.permutation(gs):
+            if len(got_test) < want_test:
+                got_test += groups[g]
+            elif len(got_train) < want_train:
+                got_train += groups[g]
+        train += got_train
+        test += got_test
+    return sorted(train), sorted(test), class_of
+
+
+def write_split(source: Path, work: Path, dataset_id: int, name: str, train: list[str], test: list[str]) -> Path:
+    """nnU-Net raw dataset of one split (hard links into the resized dataset), with its sources table."""
+    raw = work / "raw" / f"Dataset{dataset_id:03d}_{name}"
+    if raw.exists():
+        shutil.rmtree(raw)
+    for sub, cases in (("Tr", train), ("Ts", test)):
+        (raw / f"images{sub}").mkdir(parents=True)
+        (raw / f"labels{sub}").mkdir()
+        for c in cases:
+            os.link(source / "imagesTr" / f"{c}_0000.png", raw / f"images{sub}" / f"{c}_0000.png")
+            os.link(source / "labelsTr" / f"{c}.png", raw / f"labels{sub}" / f"{c}.png")
+    dataset = json.loads((source / "dataset.json").read_text())
+    dataset.update(numTraining=len(train), name=raw.name)
+    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    sources = json.loads((source / "sources.json").read_text())
+    (raw / "sources.json").write_text(json.dumps({c: sources[c] for c in train + test}, indent=1))
+    return raw
+
+
+def train_split(split: int, args, work: Path, source: Path) -> dict:
+    """Split dataset, plan, baseline, UniSegDiff (CFENet reused) and CLI predictions of one split."""
+    dataset_id = args.first_split_id + split
+    name = f"{source.name.split('_', 1)[1]}{args.converter.upper()}Split{split}"
+    env = nnunet_env(work, work / "trainers")
+    logs = work / "logs" / f"split{split}"
+    raw = work / "raw" / f"Dataset{dataset_id:03d}_{name}"
+    train, test, class_of = stratified_split(source, args.converter, args.num_train, args.num_test, 1000 + split)
+    if not (args.reuse and (work / "preprocessed" / raw.name / "nnUNetPlans.json").is_file()):
+        raw = write_split(source, work, dataset_id, name, train, test)
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
+            logs / "plan.log")
+    env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
+    results = work / "results" / raw.name
+    out = {"raw": raw, "class_of": class_of, "models": {}, "seconds": {}}
+    cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    train_once(BASELINE, cfenet, dataset_id, env, args, logs, out["seconds"])
+    if args.baselines_only:
+        return out
+    for e in args.dnet_epochs:
+        trainer = unisegdiff_trainer(e)
+        out["models"][e] = results / f"{trainer}__nnUNetPlans__2d"
+        train_once(trainer, out["models"][e] / "fold_0" / "checkpoint_final.pth", dataset_id,
+                   {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"])
+    out["cli"] = {}
+    for label, trainer in (("baseline", BASELINE), ("unisegdiff", unisegdiff_trainer(args.dnet_epochs[0]))):
+        pred = work / "predictions" / f"split{split}" / label
+        if pred.exists():
+            shutil.rmtree(pred)
+        run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(dataset_id), "-c", "2d",
+             "-tr", trainer, "-f", "0", "-device", args.device, "--disable_tta", "--save_probabilities",
+             "-npp", "1", "-nps", "1"], env, logs / f"predict_{label}.log")
+        out["cli"][label] = pred
+    return out
+
+
+def score_split(paths: dict, args, device: torch.device) -> dict:
+    """Every pipeline of each trained UniSegDiff (in-process) and both CLI predictions, per class."""
+    raw = paths["raw"]
+    images = sorted((raw / "imagesTs").glob("*_0000.png"))
+    cases = [f.name[: -len("_0000.png")] for f in images]
+    out = {}
+    for epochs, model_dir in paths["models"].items():
+        scorer = ModelScorer(model_dir, device)
+        gts = {c: scorer.rw.read_seg(str(raw / "labelsTs" / f"{c}.png"))[0][0] for c in cases}
+        per_row: dict[str, list[dict]] = {}
+        for case, image in zip(cases, images):
+            segs, entropy = scorer.rows(image)
+            if epochs == args.dnet_epochs[0]:
+                for label, row in (("baseline", "nnUNetv2_predict: nnUNetTrainer"),
+                                   ("unisegdiff", "nnUNetv2_predict: UniSegDiff (chosen pipeline)")):
+                    segs[row] = scorer.rw.read_seg(str(paths["cli"][label] / f"{case}.png"))[0]
+                    entropy[row] = float("nan")
+            for name, seg in segs.items():
+                per_row.setdefault(name, []).append(
+                    {"case": case, "entropy": entropy[name],
+                     **case_scores(seg.reshape(gts[case].shape), gts[case], scorer.labels)})
+        chosen = json.loads((model_dir / "fold_0" / "inference_pipeline.json").read_text())
+        out[epochs] = {"rows": {n: summarize(r, paths["class_of"]) for n, r in per_row.items()},
+                       "chosen_pipeline": chosen["chosen"], "validation": chosen["table"]}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("download", type=Path, help="the dataset as downloaded (the converter's SOURCE_DIR)")
+    ap.add_argument("--converter", choices=sorted(CONVERTERS), required=True)
+    ap.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--num-train", type=int, default=160)
+    ap.add_argument("--num-test", type=int, default=120)
+    ap.add_argument("--size", type=int, default=64, help="images resized to SIZE x SIZE (CPU-sized)")
+    ap.add_argument("--epochs-cfenet", type=int, default=40, help="nnUNetTrainer epochs (= CFENet)")
+    ap.add_argument("--dnet-epochs", type=int, nargs="+", default=[20])
+    ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--val-iterations", type=int, default=5)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--token-budget", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--dataset-id", type=int, default=900, help="converted dataset ID (its resize: ID + 1)")
+    ap.add_argument("--first-split-id", type=int, default=None, help="default: --dataset-id + 10")
+    ap.add_argument("--work", type=Path, default=None, help="default benchmarks/results/real_work_CONVERTER")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true", help="keep conversions and finished trainings in --work")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="convert, split and train nnUNetTrainer only (UniSegDiff later with --reuse)")
+    args = ap.parse_args(argv)
+    args.first_split_id = args.first_split_id or args.dataset_id + 10
+    work = args.work or RESULTS / f"real_work_{args.converter}"
+    device = torch.device(args.device)
+    if args.threads != 0 and (args.threads or device.type == "cpu"):
+        torch.set_num_threads(args.threads or 1)
+    if work.exists() and not args.reuse:
+        shutil.rmtree(work)
+    write_trainers(work / "trainers", args)
+    os.environ.update(nnunet_env(work, work / "trainers"))
+    source = convert_download(args, work)
+    per_split, timings = [], {}
+    for split in args.splits:
+        print(f"split {split}: {args.converter}, nnUNetTrainer, UniSegDiff, predictions", flush=True)
+        paths = train_split(split, args, work, source)
+        timings[split] = paths["seconds"]
+        if args.baselines_only:
+            continue
+        per_split.append(score_split(paths, args, device))
+        print(f"split {split}: chosen pipeline {per_split[-1][args.dnet_epochs[0]]['chosen_pipeline']}", flush=True)
+        print_rows(aggregate(per_split[-1:], args.dnet_epochs[0]))
+    if args.baselines_only:
+        return 0
+    results = {"per_split": dict(zip(args.splits, per_split)), "timings": timings,
+               "tables": {e: aggregate(per_split, e) for e in args.dnet_epochs}}
+    for e in args.dnet_epochs:
+        print(f"\n{args.converter} held-out, mean ± sd over splits {args.splits}; phase B {e} x {args.iterations}")
+        print_rows(results["tables"][e])
+    path = write_json(f"accuracy_real_{args.converter}",
+                      meta(device, settings={k: str(v) for k, v in vars(args).items()}), results, args.json)
+    path.with_suffix(".md").write_text("".join(
+        f"{args.converter}, phase B {e} epochs x {args.iterations} iterations, splits {args.splits}, mean ± sd\n\n"
+        + markdown_rows(results["tables"][e]) + "\n" for e in args.dnet_epochs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

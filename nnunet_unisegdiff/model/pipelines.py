@@ -1,0 +1,55 @@
+"""Inference pipelines of a trained UniSegDiff network: how CFENet's output and DNet's draws become the
+class probabilities nnU-Net exports. After phase B the trainer scores them on the fold's validation
+cases and records the best in the checkpoint (training/selection.py), the way nnU-Net picks
+configurations from validation, so a model is never worse there than the CFENet it stands on.
+
+- cfenet: CFENet's softmax, i.e. the nnU-Net the model stands on (1 pass);
+- rs: DNet's RS call alone, x0 from pure noise (1 DNet call);
+- diffusion: the network's sampler and fusion (default: staged, 20 draws, STAPLE; 12 DNet calls);
+- paper: the paper's inference read literally (eps-decoder DR draws, unclamped PM, STAPLE with one
+  pseudo-pixel), whatever the network's own sampler;
+- diffusion+cfenet: the mean of the draws' vote and CFENet's softmax, CFENet as one more ensemble member
+  worth as much as all draws together.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.model.settings import PIPELINES
+
+PAPER_SAMPLER = SamplerConfig(clamp_x0=False, dr_head="eps")  # with the network's diffusion settings
+PAPER_PSEUDO_PIXELS = None  # STAPLE's prior as the paper reads: one pseudo-pixel
+DNET_PIPELINES = tuple(p for p in PIPELINES if p != "cfenet")
+
+
+@torch.no_grad()
+def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str]) -> dict[str, Tensor]:
+    """{name: (B, C, *spatial) class probabilities} for a UniSegDiffNetwork `net` and image (B, C_in,
+    *spatial); CFENet runs once and one set of draws serves every pipeline built on the network's sampler."""
+    unknown = set(names) - set(PIPELINES)
+    if unknown:
+        raise ValueError(f"unknown inference pipeline(s) {sorted(unknown)}; known: {', '.join(PIPELINES)}")
+    s, c = net.settings, net.num_classes
+    logits, cond = net.condition(image)
+    softmax = logits.float().softmax(1)
+    out: dict[str, Tensor] = {}
+    if "cfenet" in names:
+        out["cfenet"] = softmax
+    if "rs" in names:
+        one_step = StagedSampler(SamplerConfig(plan="one-step", draws_per_branch=1, diffusion=s.sampler.diffusion))
+        out["rs"] = net.sample(image, one_step, cond).probs[:, 0]
+    if "diffusion" in names or "diffusion+cfenet" in names:
+        masks = net.sample(image, cond=cond).masks  # (B, N, *spatial)
+        if "diffusion" in names:
+            out["diffusion"] = fuse_masks(masks, c, s.fusion, s.staple_pseudo_pixels)
+        if "diffusion+cfenet" in names:
+            out["diffusion+cfenet"] = (fuse_masks(masks, c, "vote") + softmax) / 2
+    if "paper" in names:
+        paper = StagedSampler(replace(PAPER_SAMPLER, diffusion=s.sampler.diffusion))
+        out["paper"] = fuse_masks(net.sample(image, paper, cond).masks, c, "staple", PAPER_PSEUDO_PIXELS)
+    return {name: out[name] for name in names}
