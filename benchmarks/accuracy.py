@@ -260,7 +260,7 @@ def score_seed(paths: dict, args, device: torch.device) -> dict:
                 segs.update(cli_rows(paths, case, scorer.rw))
                 entropy.update({k: float("nan") for k in segs if k not in entropy})
                 agree.setdefault("cfenet_vs_cli_baseline", []).append(
-                    float((segs["CFENet alone"] == segs["nnUNetv2_predict: nnUNetTrainer"]).mean()))
+                    float((segs["pipeline: cfenet"] == segs["nnUNetv2_predict: nnUNetTrainer"]).mean()))
                 forward = segs["UniSegDiff (chosen pipeline, network forward)"]
                 agree.setdefault("default_vs_cli_unisegdiff", []).append(
                     float((forward == segs["nnUNetv2_predict: UniSegDiff"]).mean()))
