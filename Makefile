@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv clean-venv
+.PHONY: test test-fast lint demo venv clean-venv
 
 venv: $(STAMP)
 
@@ -15,8 +15,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# the lint gate (configuration in pyproject.toml), then every test
+test: lint
 	$(PY) -m pytest -q tests
+
+# while developing: the tests not marked slow (no end-to-end nnU-Net runs, no DDP)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 demo: $(STAMP)
 	$(VENV)/bin/unisegdiff demo

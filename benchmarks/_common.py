@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ CONFIGS = {  # name: (patch, DNet width); CFENet is always the full nnU-Net plan
     "3d-32-w0.25": ((32, 32, 32), 0.25),
     "3d-64-w0.25": ((64, 64, 64), 0.25),
     "3d-128-w1.0": ((128, 128, 128), 1.0),
+    "2d-32-w0.25": ((32, 32), 0.25),    # --smoke
 }
 
 
@@ -196,6 +198,23 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def add_smoke_arg(ap) -> None:
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds: checks that the script runs (results go to a temporary folder "
+                         "unless --json is given)")
+
+
+def apply_smoke(args, name: str, **tiny) -> None:
+    """With --smoke: the `tiny` values replace those arguments and, without --json, the JSON goes to a
+    temporary folder, so a smoke run never overwrites benchmarks/results/."""
+    if not args.smoke:
+        return
+    for key, value in tiny.items():
+        setattr(args, key, value)
+    if args.json is None:
+        args.json = Path(tempfile.mkdtemp(prefix=f"{name}_smoke_")) / f"{name}.json"
+
+
 def add_common_args(ap, repeats: int | None = 3) -> None:
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     if repeats is not None:
@@ -204,6 +223,7 @@ def add_common_args(ap, repeats: int | None = 3) -> None:
                     help="torch CPU threads (default 1 on the CPU: on shared, busy cores OpenMP's parallel regions "
                          "wait for descheduled threads, measured 9-17x slower with 2 threads at load 4 on 2 cores)")
     ap.add_argument("--json", type=Path, default=None, help="output path (default benchmarks/results/<name>.json)")
+    add_smoke_arg(ap)
 
 
 def setup(args) -> torch.device:

@@ -1,57 +1,33 @@
-"""Does UniSegDiff beat the nnU-Net it stands on? Held-out accuracy of one trained model, scored
-several ways, over several seeds (issue 9).
-
-Per seed (each seed has its own synthetic images and its own training runs):
-1. a synthetic lesion dataset (three modalities, soft borders, lesion-free images, some with two
-   lesions) with held-out images; `nnUNetv2_plan_and_preprocess -c 2d`;
-2. `nnUNetv2_train` with plain `nnUNetTrainer` (shortened), fold 0;
-3. UniSegDiff on that same fold, its CFENet *reused* from step 2 (`nnUNet_unisegdiff_cfenet`), so
-   every UniSegDiff row reads "what DNet adds to this nnU-Net"; one run per `--dnet-epochs` value;
-4. `nnUNetv2_predict --disable_tta` of the held-out images with both (same TTA setting);
-5. in-process, the same trained UniSegDiff network on the same preprocessed images: every inference
-   pipeline (model/pipelines.py: CFENet alone, RS, the network's staged sampler + STAPLE, the paper's,
-   draws + CFENet) and the one the trainer chose on its validation cases (the network's own forward,
-   i.e. what nnUNetv2_predict runs). (The sampler ablation rows of issue 9 are in git history, 6cb7eb2.)
-
-Scores per row: Dice per modality and over all cases (a lesion-free image counts only when a
-lesion is predicted there, then as 0: nnU-Net's rule), IoU, Dice over lesion images only, the
-number of lesion-free images with any predicted lesion pixel, and the mean normalised entropy of the
-row's probability map. The table shows mean ± sd over seeds; the JSON holds every seed.
-
-    .venv/bin/python benchmarks/accuracy.py                      # 3 seeds, ~30 min on 2 cores
-    .venv/bin/python benchmarks/accuracy.py --seeds 0 --epochs-cfenet 10 --epochs-dnet 5   # a smoke run
-    .venv/bin/python benchmarks/accuracy.py --dnet-epochs 5 20 80   # phase-B budget: 200 / 800 / 3200 it
-    .venv/bin/python benchmarks/accuracy.py --reuse --dnet-epochs 5 80   # more budgets on the same CFENets
-"""
+"""Does UniSegDiff beat the nnU-Net it stands on? Held-out accuracy over seeds (docs/method.md)."""
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, add_smoke_arg, apply_smoke, meta, print_table, write_json
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from PIL import Image
 
-from _common import RESULTS, meta, print_table, write_json
+from nnunet_unisegdiff.commands import console_script, run_logged
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
 from nnunet_unisegdiff.diffusion.fusion import probabilities_to_logits
-from nnunet_unisegdiff.evaluation.evaluate import load_sources
+from nnunet_unisegdiff.evaluation.tasks import load_sources
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
 from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
 from nnunet_unisegdiff.model.settings import PIPELINES
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 
-BIN = Path(sys.executable).parent
+BIN = Path(sys.executable).parent  # console scripts (accuracy_real.py imports it)
 BASELINE = "nnUNetTrainerAccuracyBaseline"
 TRAINERS_MODULE = '''"""Written by benchmarks/accuracy.py: the benchmark's budgets as nnU-Net trainer variants."""
 from dataclasses import replace
@@ -105,15 +81,9 @@ def write_trainers(folder: Path, args) -> Path:
 
 
 def run(cmd: list[str], env: dict, log: Path) -> None:
-    """An nnU-Net command, its output into `log`; on failure the log's end in the error."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        tail = "\n".join(log.read_text().splitlines()[-30:])
-        raise RuntimeError(f"{cmd[0]} failed ({rc}), log {log}:\n{tail}")
+    """An nnU-Net command (console script name first), its output into `log`; on failure a
+    `CommandError` with the log's end."""
+    run_logged([console_script(cmd[0]), *cmd[1:]], env, log)
 
 
 def nnunet_env(work: Path, trainer_dir: Path) -> dict:
@@ -290,9 +260,10 @@ def score_seed(paths: dict, args, device: torch.device) -> dict:
                 segs.update(cli_rows(paths, case, scorer.rw))
                 entropy.update({k: float("nan") for k in segs if k not in entropy})
                 agree.setdefault("cfenet_vs_cli_baseline", []).append(
-                    float((segs["CFENet alone"] == segs["nnUNetv2_predict: nnUNetTrainer"]).mean()))
-                agree.setdefault("default_vs_cli_unisegdiff", []).append(float(
-                    (segs["UniSegDiff (chosen pipeline, network forward)"] == segs["nnUNetv2_predict: UniSegDiff"]).mean()))
+                    float((segs["pipeline: cfenet"] == segs["nnUNetv2_predict: nnUNetTrainer"]).mean()))
+                forward = segs["UniSegDiff (chosen pipeline, network forward)"]
+                agree.setdefault("default_vs_cli_unisegdiff", []).append(
+                    float((forward == segs["nnUNetv2_predict: UniSegDiff"]).mean()))
             for name, seg in segs.items():
                 per_row.setdefault(name, []).append(
                     {"case": case, "entropy": entropy[name], **case_scores(seg.reshape(gts[case].shape),
@@ -359,7 +330,8 @@ def fmt(row: dict, key: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--num-cases", type=int, default=80, help="training images per seed")
     ap.add_argument("--num-test", type=int, default=40, help="held-out images per seed")
@@ -385,7 +357,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="keep what --work holds from an earlier run with the same settings (datasets, finished "
                          "trainings) and train only what is missing, e.g. more --dnet-epochs on the same CFENets")
+    add_smoke_arg(ap)
     args = ap.parse_args(argv)
+    apply_smoke(args, "accuracy", seeds=[0], num_cases=10, num_test=2, size=32, epochs_cfenet=1, dnet_epochs=[1],
+                iterations=2, val_iterations=1, reuse=False, work=Path(tempfile.mkdtemp(prefix="accuracy_smoke_")))
     device = torch.device(args.device)
     if args.threads != 0 and (args.threads or device.type == "cpu"):
         torch.set_num_threads(args.threads or 1)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/accuracy_real.py DOWNLOAD_DIR --converter busi      # 3 splits
     .venv/bin/python benchmarks/accuracy_real.py DOWNLOAD_DIR --converter ebhiseg --splits 0
+    .venv/bin/python benchmarks/accuracy_real.py --smoke   # a BUSI-like download of synthetic images, tiny runs
 
 The download is converted with the project's converter (`unisegdiff convert NAME`, BUSI with its
 normal images), resized with `convert unified --resize SIZE`, then per split a stratified held-out
@@ -19,14 +20,28 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, add_smoke_arg, apply_smoke, meta, write_json
+from accuracy import (
+    BASELINE,
+    BIN,
+    ModelScorer,
+    aggregate,
+    case_scores,
+    markdown_rows,
+    nnunet_env,
+    print_rows,
+    run,
+    summarize,
+    train_once,
+    unisegdiff_trainer,
+    write_trainers,
+)
 
-from _common import RESULTS, meta, write_json
-from accuracy import (BIN, ModelScorer, aggregate, case_scores, markdown_rows, nnunet_env, print_rows, run,
-                      summarize, train_once, unisegdiff_trainer, write_trainers, BASELINE)
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 
 # converter name -> (extra converter options, the class of a case from its unified case ID)
@@ -52,6 +67,23 @@ def convert_download(args, work: Path) -> Path:
     return next(iter(sorted(raw.glob(f"Dataset{args.dataset_id + 1:03d}_*"))))
 
 
+def write_smoke_download(folder: Path, per_class: int = 6) -> Path:
+    """A download in BUSI's layout (benign/, malignant/, normal/: 'benign (1).png' with 'benign (1)_mask.png')
+    of the synthetic generator's ultrasound-like images; the normal images' masks are empty."""
+    from PIL import Image
+
+    from nnunet_unisegdiff.conversion.synthetic import generate_cases
+    root = folder / "Dataset_BUSI_with_GT"
+    cases = generate_cases(3 * per_class, size=48, modalities=("us",), empty_fraction=0.0)
+    for i, case in enumerate(cases):
+        cls, n = ("benign", "malignant", "normal")[i % 3], i // 3 + 1
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(case.image).save(root / cls / f"{cls} ({n}).png")
+        mask = np.zeros_like(case.label) if cls == "normal" else case.label
+        Image.fromarray((mask > 0).astype(np.uint8) * 255).save(root / cls / f"{cls} ({n})_mask.png")
+    return folder
+
+
 def has_lesion(label_file: Path) -> bool:
     from PIL import Image
     return bool(np.asarray(Image.open(label_file)).any())
@@ -73,7 +105,7 @@ def stratified_split(source: Path, converter: str, num_train: int, num_test: int
     rng = np.random.default_rng(seed)
     total = len(sources)
     train, test = [], []
-    for key, gs in sorted(by_stratum.items()):
+    for _key, gs in sorted(by_stratum.items()):
         n_cases = sum(len(groups[g]) for g in gs)
         want_test, want_train = round(num_test * n_cases / total), round(num_train * n_cases / total)
         got_test, got_train = [], []
@@ -171,8 +203,8 @@ def score_split(paths: dict, args, device: torch.device) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("download", type=Path, help="the dataset as downloaded (the converter's SOURCE_DIR)")
-    ap.add_argument("--converter", choices=sorted(CONVERTERS), required=True)
+    ap.add_argument("download", type=Path, nargs="?", help="the dataset as downloaded (the converter's SOURCE_DIR)")
+    ap.add_argument("--converter", choices=sorted(CONVERTERS))
     ap.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--num-train", type=int, default=160)
     ap.add_argument("--num-test", type=int, default=120)
@@ -193,7 +225,15 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="keep conversions and finished trainings in --work")
     ap.add_argument("--baselines-only", action="store_true",
                     help="convert, split and train nnUNetTrainer only (UniSegDiff later with --reuse)")
+    add_smoke_arg(ap)
     args = ap.parse_args(argv)
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="accuracy_real_smoke_"))
+        apply_smoke(args, "accuracy_real", download=write_smoke_download(tmp / "download"), converter="busi",
+                    splits=[0], num_train=12, num_test=4, size=32, epochs_cfenet=1, dnet_epochs=[1], iterations=2,
+                    val_iterations=1, reuse=False, baselines_only=False, work=tmp / "work")
+    elif args.download is None or args.converter is None:
+        ap.error("DOWNLOAD and --converter are required (or --smoke)")
     args.first_split_id = args.first_split_id or args.dataset_id + 10
     work = args.work or RESULTS / f"real_work_{args.converter}"
     device = torch.device(args.device)

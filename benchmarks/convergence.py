@@ -28,9 +28,20 @@ import time
 
 import numpy as np
 import torch
-from _common import add_common_args, build_net, ds_targets, meta, nnunet_loss, print_table, setup, write_json
+from _common import (
+    add_common_args,
+    apply_smoke,
+    build_net,
+    ds_targets,
+    meta,
+    nnunet_loss,
+    print_table,
+    setup,
+    write_json,
+)
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 from nnunet_unisegdiff.diffusion.staged import MODES, StagedObjective, phase_b_loss
 
@@ -59,8 +70,8 @@ def batches(images, labels, batch_size: int, seed: int):
 def dice_per_case(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Foreground Dice of (n, *spatial) hard predictions; both empty -> 1."""
     out = []
-    for p, l in zip(pred.bool(), labels[:, 0].bool()):
-        tp, s = (p & l).sum().item(), p.sum().item() + l.sum().item()
+    for p, lab in zip(pred.bool(), labels[:, 0].bool()):
+        tp, s = (p & lab).sum().item(), p.sum().item() + lab.sum().item()
         out.append(1.0 if s == 0 else 2 * tp / s)
     return out
 
@@ -133,7 +144,7 @@ def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -
         for group in opt.param_groups:
             group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * (step - 1) / args.steps))
         x, y = (t.to(device) for t in next(data))
-        loss, _ = phase_b_loss(lambda x_t, t: net(x, x_t, t), y, objective, seg_loss, ac, net.num_classes, gen)
+        loss, _ = phase_b_loss(lambda x_t, t, x=x: net(x, x_t, t), y, objective, seg_loss, ac, net.num_classes, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.dnet.parameters(), 12)
@@ -174,6 +185,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    apply_smoke(args, "convergence", size=32, features=[8, 16, 32], train_cases=4, test_cases=2, batch_size=2,
+                cfenet_steps=2, steps=2, eval_every=2, ddim_steps=2, eval_batch=2, long=False)
     if args.long:
         args.steps, args.eval_every, args.cfenet_steps = 8 * args.steps, 4 * args.eval_every, 2 * args.cfenet_steps
         args.train_cases, args.test_cases = 4 * args.train_cases, 4 * args.test_cases
@@ -182,8 +195,8 @@ def main() -> None:
     device = setup(args)
     t_start = time.perf_counter()
 
-    images, labels = load_cases(args.train_cases, args.size, 12345, 0)
-    test = load_cases(args.test_cases, args.size, 12345, TEST_STREAM)
+    images, labels = load_cases(args.train_cases, args.size, DEFAULT_SEED, 0)
+    test = load_cases(args.test_cases, args.size, DEFAULT_SEED, TEST_STREAM)
     net = build_net((args.size, args.size), args.width, features=args.features, seed=args.seed, device=device,
                     token_budget=args.token_budget)
     t0 = time.perf_counter()

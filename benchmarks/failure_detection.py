@@ -17,7 +17,8 @@ with any predicted lesion 0. Per model and per-case score:
 * per model, pixel ECE (15 bins of the foreground probability 1 - p_background) and Brier score.
 
 Scores: `mean_entropy` (the image's mean normalised entropy, a column of `unisegdiff
-uncertainty`'s csv before the confidence), `confidence` (the soft-Dice confidence, `nnunet_unisegdiff.evaluation.confidence`) for
+uncertainty`'s csv before the confidence), `confidence` (the soft-Dice confidence,
+`nnunet_unisegdiff.evaluation.confidence`) for
 every model; an ensemble (several models' folders, e.g. nnU-Net folds; its prediction is the argmax
 of the mean probabilities, as `nnUNetv2_ensemble` makes it) is also scored by `pairwise_dice`, the
 mean Dice between its members' masks (Zenk et al., MedIA 2025), at N times one model's compute.
@@ -35,13 +36,8 @@ import numpy as np
 import torch
 from _common import RESULTS, meta, print_table, write_json
 
+from nnunet_unisegdiff.evaluation.cases import find_dataset_json, guess_file_ending, label_files
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
-from nnunet_unisegdiff.evaluation.evaluate import (
-    find_dataset_json,
-    guess_file_ending,
-    label_files,
-    reader_writer,
-)
 from nnunet_unisegdiff.evaluation.failure_metrics import (
     CalibrationAccumulator,
     aurc,
@@ -49,6 +45,7 @@ from nnunet_unisegdiff.evaluation.failure_metrics import (
     dice,
     mean_pairwise_dice,
 )
+from nnunet_unisegdiff.evaluation.scoring import reader_writer
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map, load_probabilities
 
 NAME = "failure_detection"

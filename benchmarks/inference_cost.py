@@ -26,6 +26,7 @@ import torch
 from _common import (
     CONFIGS,
     add_common_args,
+    apply_smoke,
     build_net,
     median,
     meta,
@@ -120,6 +121,8 @@ def main() -> None:
                     help="the same for plans with several draws per call (batch 20 calls are slow on a CPU)")
     ap.add_argument("--full", action="store_true", help="run every plan through, no extrapolation")
     args = ap.parse_args()
+    apply_smoke(args, "inference_cost", configs=["2d-32-w0.25"], plans=["staged", "ddim4x1", "ddpm8x2"], repeats=1,
+                measure_steps=2)
     device = setup(args)
     sync = syncer(device)
     plans = {p: plan_config(p) for p in args.plans}
@@ -155,8 +158,8 @@ def main() -> None:
                          "step_seconds": median([r["step_seconds"] for r in runs]) if runs[0]["extrapolated"] else None,
                          "all_seconds": [r["seconds"] for r in runs]})
             r = rows[-1]
-            print(f"  {cname} {p}: {sec:.2f} s/image ({'extrapolated from ' + str(r['measured_calls']) + ' calls' if r['extrapolated'] else 'measured'})",
-                  flush=True)
+            how = f"extrapolated from {r['measured_calls']} calls" if r["extrapolated"] else "measured"
+            print(f"  {cname} {p}: {sec:.2f} s/image ({how})", flush=True)
         del net
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -23,6 +23,7 @@ import torch
 from _common import (
     CONFIGS,
     add_common_args,
+    apply_smoke,
     build_net,
     median,
     meta,
@@ -119,6 +120,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["2d-256-w0.25", "3d-32-w0.25"], choices=sorted(CONFIGS))
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one staged run")
     args = ap.parse_args()
+    apply_smoke(args, "overhead", configs=["2d-32-w0.25"], repeats=1)
     device = setup(args)
     sync = syncer(device)
 

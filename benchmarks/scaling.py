@@ -18,6 +18,7 @@ import argparse
 import torch
 from _common import (
     add_common_args,
+    apply_smoke,
     build_net,
     interleaved,
     make_sampler_like,
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--staple-repeats", type=int, default=5)
     ap.add_argument("--skip-inference", action="store_true")
     args = ap.parse_args()
+    apply_smoke(args, "scaling", masks=[2, 4], size_for_masks=32, sizes=[32], raters=[2, 4], staple_2d=[16],
+                staple_3d=[8], staple_repeats=1, repeats=1)
     device = setup(args)
     sync = syncer(device)
     results: dict[str, list[dict]] = {"inference_vs_masks": [], "inference_vs_size": [], "staple_vs_raters": [],

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from _common import coordinate_grids, make_sampler_like
+from _common import add_smoke_arg, apply_smoke, coordinate_grids, make_sampler_like
 
 from nnunet_unisegdiff import staple
 
@@ -54,9 +54,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="torch device for the torch STAPLE (SimpleITK always on CPU)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    ap.add_argument("--json", type=Path, default=None, help=f"where to write the results (default {DEFAULT_JSON})")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    add_smoke_arg(ap)
     args = ap.parse_args()
+    args.shapes = ((256, 256), (64, 64, 64))
+    apply_smoke(args, "staple_vs_simpleitk", shapes=((32, 32), (8, 8, 8)), repeats=1)
+    args.json = args.json or DEFAULT_JSON
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -65,7 +69,7 @@ def main() -> None:
     rows = []
     cases = [(f"{kind} 20x{'x'.join(map(str, sp))}", maker, sp)
              for kind, maker in (("iid", make_stack), ("sampler", make_sampler_like))
-             for sp in ((256, 256), (64, 64, 64))]
+             for sp in args.shapes]
     for name, maker, spatial in cases:
         stack = maker(spatial)
         imgs = [sitk.GetImageFromArray(m.numpy()) for m in stack]  # sitkUInt8, conversion not timed
@@ -73,12 +77,12 @@ def main() -> None:
         filt = sitk.STAPLEImageFilter()
         filt.SetForegroundValue(1.0)
 
-        def run_sitk():
+        def run_sitk(filt=filt, imgs=imgs):
             return sitk.GetArrayViewFromImage(filt.Execute(imgs)).copy()
 
         stack_dev = stack.to(device)
         t_sitk, t_sitk_min, ref = time_it(run_sitk, args.repeats, lambda: None)
-        t_torch, t_torch_min, post = time_it(lambda: staple(stack_dev), args.repeats, sync)
+        t_torch, t_torch_min, post = time_it(lambda s=stack_dev: staple(s), args.repeats, sync)
         a, b = post.cpu().numpy() > 0.5, ref > 0.5
         dice = float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
         rows.append({"stack": name, "torch_s": t_torch, "simpleitk_s": t_sitk, "speedup": t_sitk / t_torch,

@@ -31,6 +31,7 @@ import torch
 from _common import (
     CONFIGS,
     add_common_args,
+    apply_smoke,
     build_net,
     build_unet,
     ds_targets,
@@ -196,6 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    apply_smoke(args, "training_step", configs=["2d-32-w0.25"], repeats=1, worker_steps=1)
     device = setup(args)
     sync = syncer(device)
 
@@ -234,7 +236,8 @@ def main() -> None:
                        ("b_mem_rise_mib", "B rise MiB", ".0f")])
     write_json("training_step", meta(device, repeats=args.repeats, target_ratio=TARGET, batch_size=args.batch_size,
                                      memory="CUDA: max_memory_allocated; CPU: peak RSS (VmHWM) of a subprocess running "
-                                            f"{args.worker_steps} steps of one variant; rise = peak - RSS before the first step",
+                                            f"{args.worker_steps} steps of one variant; "
+                                            "rise = peak - RSS before the first step",
                                      timing="median seconds per iteration, A and B alternating; ratio = median of "
                                             "paired B/A"), rows, args.json)
 

@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset501_AMDSD.py ~/data/AMD-SD [--classes multi]
 
 The same as `unisegdiff convert amdsd` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.amdsd`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.amdsd`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset502_BTD.py ~/data/brain_tumor_dataset [--folds cvind]
 
 The same as `unisegdiff convert btd` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.btd`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.btd`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset503_EBHISeg.py ~/data/EBHI-SEG [--classes all]
 
 The same as `unisegdiff convert ebhiseg` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.ebhiseg`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.ebhiseg`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

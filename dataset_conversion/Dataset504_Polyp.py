@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset504_Polyp.py ~/data/polyps [--pranet-test imagesTs]
 
 The same as `unisegdiff convert polyp` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.polyp`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.polyp`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

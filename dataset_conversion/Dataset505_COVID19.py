@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset505_COVID19.py ~/data/covid19 [--slices lesion]
 
 The same as `unisegdiff convert covid19` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.covid19`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.covid19`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

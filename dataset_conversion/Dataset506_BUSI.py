@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset506_BUSI.py ~/data/Dataset_BUSI_with_GT [--include-normal]
 
 The same as `unisegdiff convert busi` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.busi`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.busi`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset510_Unified.py [RAW_DIR] --datasets 501 502 503 504 505 506 --resize 256
 
 The same as `unisegdiff convert unified` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.unified`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.unified`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

@@ -3,7 +3,7 @@
     python dataset_conversion/Dataset599_Synthetic.py --num-cases 40 --num-test 10 --size 64
 
 The same as `unisegdiff convert synthetic` (options: `-h`); the reader is
-`nnunet_unisegdiff.conversion.synthetic`, the writer `nnunet_unisegdiff.conversion.common.write_dataset`.
+`nnunet_unisegdiff.conversion.synthetic`, the writer `nnunet_unisegdiff.conversion.writer.write_dataset`.
 """
 import sys
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_unisegdiff"
-TOOLS = {"cli", "demo", "analysis", "evaluation"}
+TOOLS = {"cli", "demo", "analysis", "evaluation", "commands"}  # commands.py: child processes of the tools
+BASE = ("defaults.py", "commands.py")  # top-level modules below every layer: they import none of the package
 # subpackage -> the package's subpackages/modules it must not import
 FORBIDDEN = {
     "diffusion": {"model", "training", "nnunet_ext", "conversion"} | TOOLS,
@@ -51,7 +52,13 @@ def test_modules_import_only_lower_layers(path):
     assert not used & FORBIDDEN.get(layer, set()), f"{layer}/ must not import {sorted(used & FORBIDDEN[layer])}"
 
 
+@pytest.mark.parametrize("name", BASE)
+def test_base_modules_import_nothing_of_the_package(name):
+    assert {layer_of(m) for m in imported_modules(PACKAGE / name)} <= {None}
+
+
 @pytest.mark.parametrize("path", sorted((PACKAGE / "diffusion").glob("*.py")), ids=lambda p: p.name)
 def test_the_diffusion_core_is_pure_torch(path):
     outside = {m.split(".")[0] for m in imported_modules(path)} - {"nnunet_unisegdiff"}
-    assert outside <= {"__future__", "torch", "contextlib", "functools", "dataclasses", "enum", "typing", "math"}, outside
+    allowed = {"__future__", "torch", "collections", "contextlib", "functools", "dataclasses", "enum", "typing", "math"}
+    assert outside <= allowed, outside

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, list_files, lazy_case, natural_key, sanitize_id
+from .common import BadPairError, Case, LayoutError, lazy_case
+from .reading import list_files, natural_key, sanitize_id
 from .registry import BINARY, ConverterSpec
 
 SOURCE = "AMD-SD"
@@ -140,6 +141,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="amdsd",
+    paper_task="WA",
+    sources=(SOURCE, "wet AMD"),
     description="AMD-SD OCT B-scans (side-by-side composites: left OCT, right colour labels), "
                 "binary lesion or 5 lesion classes; groups = patient folders.",
     read=read,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -203,6 +203,8 @@ def read(source_dir, **_) -> Iterator[Case]:
 
 SPEC = ConverterSpec(
     name="btd",
+    paper_task="BT",
+    sources=(SOURCE, "brain tumor", "brain tumour"),
     description="Figshare brain tumour dataset (MATLAB v7.3 .mat slices, folders or inner zips), "
                 "T1-CE MRI to uint8 by a robust percentile window; groups = patient IDs.",
     read=read,

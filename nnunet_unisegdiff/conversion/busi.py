@@ -21,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, Orphan, lazy_case, list_files, read_image, read_mask
+from .common import BadPairError, Case, LayoutError, Orphan, lazy_case
+from .reading import list_files, read_image, read_mask
 from .registry import BINARY, RGB, ConverterSpec
 
 CLASSES = ("benign", "malignant", "normal")
 _IMAGE = re.compile(r"^(?P<cls>[A-Za-z]+)\s*\((?P<n>\d+)\)$")
 _MASK = re.compile(r"^(?P<cls>[A-Za-z]+)\s*\((?P<n>\d+)\)_mask(?:_(?P<k>\d+))?$")
-DOWNLOAD = "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset (Dataset_BUSI.zip; Kaggle: aryashah2k/breast-ultrasound-images-dataset)"
+DOWNLOAD = ("https://scholar.cu.edu.eg/?q=afahmy/pages/dataset "
+            "(Dataset_BUSI.zip; Kaggle: aryashah2k/breast-ultrasound-images-dataset)")
 
 
 def find_root(source_dir: Path) -> Path:
@@ -95,6 +97,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="busi",
+    paper_task="BL",
+    sources=("BUSI", "breast lesion", "breast ultrasound"),
     description="BUSI breast ultrasound, benign + malignant (647; --include-normal for 780), all _mask* "
                 "files of an image merged.",
     read=read,

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
 
 from .common import ConversionError
 from .registry import available_specs, convert, get_spec
-
-_COMMON = {"source_dir", "dataset_id", "overwrite", "skip_bad", "folds", "seed", "out_root", "quiet",
-           "func", "command", "converter"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +55,7 @@ def add_options(sp: argparse.ArgumentParser, spec) -> None:
     sp.add_argument("--folds", choices=["5", "paper4", *spec.fold_schemes], default="5",
                     help="5: nnU-Net's default 5 folds; paper4: the paper's 4 random equal folds"
                          + "".join(f"; {k}: the dataset's own folds" for k in spec.fold_schemes))
-    sp.add_argument("--seed", type=int, default=12345, help="seed of the splits (and of any sampling)")
+    sp.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the splits (and of any sampling)")
     sp.add_argument("-o", "--out-root", default=None, help="raw folder (default $nnUNet_raw)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     before = {a.dest for a in sp._actions}

@@ -33,13 +33,16 @@ from __future__ import annotations
 import argparse
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, Orphan, failed_case, natural_key, sanitize_id
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
+
+from .common import BadPairError, Case, LayoutError, Orphan, failed_case
+from .reading import natural_key, sanitize_id
 from .registry import ConverterSpec
 
 SOURCE = "COVID-19"
@@ -230,7 +233,7 @@ def _check_options(slices: str, empty_fraction: float | None, effusion: str) -> 
 
 
 def read(source_dir, slices: str = "lesion", empty_fraction: float | None = None, effusion: str = "keep",
-         window: tuple[float, float] = DEFAULT_WINDOW, seed: int = 12345) -> Iterator[Case | Orphan]:
+         window: tuple[float, float] = DEFAULT_WINDOW, seed: int = DEFAULT_SEED) -> Iterator[Case | Orphan]:
     """Yield one `Case` per kept axial slice, an `Orphan` per unpaired volume; print per-volume
     intensity handling and the kept lesion/empty slice counts."""
     _check_options(slices, empty_fraction, effusion)
@@ -288,6 +291,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="covid19",
+    paper_task="LI",
+    sources=(SOURCE, "COVID", "lung infection", "MedSeg", "COVID-19-CT-Seg"),
     description="COVID-19 CT lung infection (Ma et al. 20 cases + MedSeg tr/rp), axial slices as grey PNGs "
                 "with a lung window; slice filter all/lesion/fraction.",
     read=read,

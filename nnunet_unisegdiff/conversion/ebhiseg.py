@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from .common import (Case, LayoutError, Orphan, lazy_case, list_files, natural_key,
-                     pair_by_stem, read_image, read_mask, sanitize_id)
+from .common import Case, LayoutError, Orphan, lazy_case
+from .reading import list_files, natural_key, pair_by_stem, read_image, read_mask, sanitize_id
 from .registry import RGB, ConverterSpec
 
 SOURCE = "EBHI-Seg"
@@ -131,6 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="ebhiseg",
+    paper_task="ADC",
+    sources=(SOURCE, "EBHI", "Adenocarcinoma"),
     description="EBHI-Seg H&E histology (Adenocarcinoma by default), labels thresholded at 128; "
                 "groups = case-folded case tokens.",
     read=read,

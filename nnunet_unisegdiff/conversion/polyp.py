@@ -31,8 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import (IMAGE_EXTS, Case, LayoutError, Orphan, lazy_case, list_files, natural_key, pair_by_stem,
-                     read_image, read_mask, sanitize_id)
+from .common import Case, LayoutError, Orphan, lazy_case
+from .reading import IMAGE_EXTS, list_files, natural_key, pair_by_stem, read_image, read_mask, sanitize_id
 from .registry import BINARY, RGB, ConverterSpec
 
 log = logging.getLogger("nnunet_unisegdiff.conversion")
@@ -221,6 +221,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 SPEC = ConverterSpec(
     name="polyp",
+    paper_task="CP",
+    sources=(*SOURCES, "colon polyp", "Kvasir-SEG", "CVC-ClinicDB", "CVC-612", "CVC-ColonDB", "ETIS-LaribPolypDB",
+             "ETIS-Larib", "EndoScene", "CVC-EndoSceneStill"),
     description="Colon polyps: Kvasir-SEG, CVC-ClinicDB, CVC-ColonDB, ETIS-LaribPolypDB, CVC-300 (PraNet "
                 "1450+798 layout or original releases); ClinicDB grouped by video sequence.",
     read=read,

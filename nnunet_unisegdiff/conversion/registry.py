@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from .common import Case, LayoutError, Orphan, write_dataset
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
+
+from .common import Case, LayoutError, Orphan
+from .writer import DatasetDeclaration, write_dataset
 
 # CLI name -> module. Order = order in `unisegdiff convert --help`.
 CONVERTER_MODULES: dict[str, str] = {
@@ -69,6 +73,10 @@ class ConverterSpec:
     stratify_by_source: bool = False  # splits per source, joined fold-wise (merged datasets)
     # extra --folds choices: name -> fn(source_dir, opts, case_ids) -> splits (e.g. BTD's "cvind")
     fold_schemes: dict[str, Callable[[Path, dict, list[str]], list[dict]]] = field(default_factory=dict)
+    paper_task: str | None = None  # the paper's abbreviation of the task (Table 3: WA BT ADC CP LI BL)
+    # the names this data goes by in a source table: each case's `source` as `read` writes it, then
+    # the names of the original releases (`unisegdiff evaluate --task-map paper` maps them all)
+    sources: tuple[str, ...] = ()
 
     @property
     def dataset_id(self) -> int:
@@ -80,6 +88,19 @@ class ConverterSpec:
                 "labels": dict(_resolve(self.labels, opts))}
 
 
+def paper_task_names() -> tuple[dict[str, str], list[str]]:
+    """(name -> the paper's task, tasks in Table 3's order) from the converters of the paper's datasets:
+    each maps its CLI name, dataset name, task abbreviation and `sources` to its `paper_task`."""
+    names: dict[str, str] = {}
+    for spec in available_specs():
+        if spec.paper_task is not None:
+            own = [spec.paper_task, spec.name, *spec.sources]
+            if isinstance(spec.dataset_name, str):
+                own.append(spec.dataset_name)
+            names |= dict.fromkeys(own, spec.paper_task)
+    return names, list(dict.fromkeys(names.values()))
+
+
 def get_spec(name: str) -> ConverterSpec:
     if name not in CONVERTER_MODULES:
         raise KeyError(f"unknown converter {name!r}; known: {', '.join(CONVERTER_MODULES)}")
@@ -89,7 +110,7 @@ def get_spec(name: str) -> ConverterSpec:
 def available_specs() -> list[ConverterSpec]:
     """Specs of the converters whose module exists (others are skipped silently)."""
     out = []
-    for name, module in CONVERTER_MODULES.items():
+    for module in CONVERTER_MODULES.values():
         try:
             out.append(importlib.import_module(module).SPEC)
         except ModuleNotFoundError as e:
@@ -103,7 +124,7 @@ def _read(spec: ConverterSpec, fn: Callable, source: Path | None, opts: dict, se
 
 
 def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, dataset_id: int | None = None,
-            overwrite: bool = False, skip_bad: bool = False, folds: str | int | None = "5", seed: int = 12345,
+            overwrite: bool = False, skip_bad: bool = False, folds: str | int | None = "5", seed: int = DEFAULT_SEED,
             out_root: Path | str | None = None, preprocessed_root: Path | str | None = None,
             progress: bool = True, quiet: bool = False, **opts) -> Path:
     """Run one converter: read `source_dir` with the converter's `opts`, write the nnU-Net dataset."""
@@ -121,9 +142,11 @@ def convert(name: str | ConverterSpec, source_dir: Path | str | None = None, *, 
         folds = lambda ids: scheme(source, opts, ids)  # noqa: E731
     cases = _read(spec, spec.read, source, opts, seed)
     test_cases = _read(spec, spec.read_test, source, opts, seed) if spec.read_test is not None else None
-    return write_dataset(cases, dataset_id=dataset_id if dataset_id is not None else spec.dataset_id,
-                         name=info["name"], channel_names=info["channel_names"], labels=info["labels"],
-                         out_root=out_root, preprocessed_root=preprocessed_root, overwrite=overwrite,
-                         skip_bad=skip_bad, folds=folds, seed=seed, test_cases=test_cases,
-                         description=spec.description, reference=spec.reference, release=spec.download or None,
-                         progress=progress, quiet=quiet, stratify_by_source=spec.stratify_by_source)
+    declaration = DatasetDeclaration(
+        dataset_id=dataset_id if dataset_id is not None else spec.dataset_id, name=info["name"],
+        channel_names=info["channel_names"], labels=info["labels"], folds=folds, seed=seed,
+        stratify_by_source=spec.stratify_by_source, description=spec.description, reference=spec.reference,
+        release=spec.download or None)
+    return write_dataset(cases, declaration, test_cases=test_cases, out_root=out_root,
+                         preprocessed_root=preprocessed_root, overwrite=overwrite, skip_bad=skip_bad,
+                         progress=progress, quiet=quiet)

@@ -4,7 +4,7 @@ nnU-Net reads `$nnUNet_preprocessed/DatasetXXX_Name/splits_final.json` (a list o
 `{"train": [ids], "val": [ids]}`) and keeps it if present. Two protocols:
 
 - `"5"`: nnU-Net's default 5 folds. At image level this is exactly nnU-Net's own split
-  (`generate_crossval_split` over the sorted identifiers, seed 12345 by default).
+  (`generate_crossval_split` over the sorted identifiers, seed `DEFAULT_SEED` by default).
 - `"paper4"`: the UniSegDiff protocol, 4 random folds of equal size.
 
 Level: when cases carry group keys (patient, video sequence, ...) the folds are built from whole
@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
 
 log = logging.getLogger("nnunet_unisegdiff.conversion")
 
@@ -37,7 +39,7 @@ def num_folds(folds: str | int) -> int:
     return n
 
 
-def image_level_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345) -> list[dict]:
+def image_level_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = DEFAULT_SEED) -> list[dict]:
     """nnU-Net's own KFold split over the sorted case IDs."""
     from nnunetv2.utilities.crossval_split import generate_crossval_split
     splits = generate_crossval_split(sorted(case_ids), seed=seed, n_splits=n_folds)
@@ -45,7 +47,7 @@ def image_level_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12
 
 
 def group_level_splits(case_ids: Sequence[str], groups: Sequence[str], n_folds: int = 5,
-                       seed: int = 12345) -> list[dict]:
+                       seed: int = DEFAULT_SEED) -> list[dict]:
     """Whole groups per fold, folds as equal in case count as the groups allow.
 
     Groups are shuffled with `seed`, then placed largest first into the fold that holds the fewest
@@ -74,7 +76,7 @@ def group_level_splits(case_ids: Sequence[str], groups: Sequence[str], n_folds: 
 
 
 def make_splits(case_ids: Sequence[str], groups: Sequence[str | None] | None = None, *, n_folds: int = 5,
-                seed: int = 12345, strata: Sequence[str] | None = None) -> tuple[list[dict], str]:
+                seed: int = DEFAULT_SEED, strata: Sequence[str] | None = None) -> tuple[list[dict], str]:
     """(splits, level) with level "group" or "image"; ([], "none") when there are fewer cases than
     folds. Cases whose group is None become their own group when others have groups.
 

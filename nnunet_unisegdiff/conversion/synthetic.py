@@ -24,17 +24,34 @@ writes `imagesTr/labelsTr` and the held-out `imagesTs/labelsTs`. From Python:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .common import Case, _png, write_dataset
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
+
+from .common import Case
 from .registry import BINARY, DEFAULT_IDS, RGB, ConverterSpec
+from .writer import DatasetDeclaration, write_dataset, write_png
 
 MODALITIES = ("grey", "endo", "us")
 SOURCES = {"grey": "SynGrey", "endo": "SynEndo", "us": "SynUS"}
 TRAIN_STREAM, TEST_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class SyntheticDefaults:
+    """The generator's defaults, declared once for its functions and its command line."""
+    num_cases: int = 40
+    num_test: int = 10
+    size: int = 64
+    num_classes: int = 1
+    empty_fraction: float = 0.15
+
+
+DEFAULTS = SyntheticDefaults()
 
 
 def labels_for(num_classes: int) -> dict[str, int]:
@@ -70,15 +87,15 @@ def _soft(field: np.ndarray, width: float) -> np.ndarray:
     return 1 / (1 + np.exp(-field / width))
 
 
-def generate_pair(rng: np.random.Generator, *, size: int = 64, modality: str = "grey", num_classes: int = 1,
-                  empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate_pair(rng: np.random.Generator, *, size: int = DEFAULTS.size, modality: str = "grey",
+                  num_classes: int = DEFAULTS.num_classes, empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One (image (size,size,3) uint8, label (size,size) uint8) pair."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; choose from {MODALITIES}")
     label = np.zeros((size, size), np.uint8)
     blobs: list[tuple[np.ndarray, int]] = []
     if not empty:
-        for attempt in range(int(rng.integers(1, 3)) * 4):  # 1-2 lesions, never touching
+        for _attempt in range(int(rng.integers(1, 3)) * 4):  # 1-2 lesions, never touching
             f = _lesion_field(rng, size)
             if label[f > -0.35].any():
                 continue
@@ -119,8 +136,9 @@ def generate_pair(rng: np.random.Generator, *, size: int = 64, modality: str = "
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), label
 
 
-def generate_cases(num_cases: int, *, seed: int = 12345, size: int = 64, num_classes: int = 1,
-                   empty_fraction: float = 0.15, modalities: Sequence[str] = MODALITIES,
+def generate_cases(num_cases: int, *, seed: int = DEFAULT_SEED, size: int = DEFAULTS.size,
+                   num_classes: int = DEFAULTS.num_classes, empty_fraction: float = DEFAULTS.empty_fraction,
+                   modalities: Sequence[str] = MODALITIES,
                    group_by_modality: bool = False, stream: int = TRAIN_STREAM,
                    prefix: str = "SYN") -> list[Case]:
     """`num_cases` deterministic cases; modality i cycles through `modalities`; a share
@@ -149,17 +167,19 @@ def generate_cases(num_cases: int, *, seed: int = 12345, size: int = 64, num_cla
     return cases
 
 
-def read(source_dir: Path | None = None, *, num_cases: int = 40, size: int = 64, num_classes: int = 1,
-         empty_fraction: float = 0.15, modalities: Sequence[str] = MODALITIES, group_by_modality: bool = False,
-         num_test: int = 10, seed: int = 12345) -> list[Case]:
+def read(source_dir: Path | None = None, *, num_cases: int = DEFAULTS.num_cases, size: int = DEFAULTS.size,
+         num_classes: int = DEFAULTS.num_classes, empty_fraction: float = DEFAULTS.empty_fraction,
+         modalities: Sequence[str] = MODALITIES, group_by_modality: bool = False,
+         num_test: int = DEFAULTS.num_test, seed: int = DEFAULT_SEED) -> list[Case]:
     """Training cases (SOURCE_DIR is ignored)."""
     return generate_cases(num_cases, seed=seed, size=size, num_classes=num_classes, empty_fraction=empty_fraction,
                           modalities=modalities, group_by_modality=group_by_modality)
 
 
-def read_test(source_dir: Path | None = None, *, num_cases: int = 40, size: int = 64, num_classes: int = 1,
-              empty_fraction: float = 0.15, modalities: Sequence[str] = MODALITIES,
-              group_by_modality: bool = False, num_test: int = 10, seed: int = 12345) -> list[Case] | None:
+def read_test(source_dir: Path | None = None, *, num_cases: int = DEFAULTS.num_cases, size: int = DEFAULTS.size,
+              num_classes: int = DEFAULTS.num_classes, empty_fraction: float = DEFAULTS.empty_fraction,
+              modalities: Sequence[str] = MODALITIES, group_by_modality: bool = False,
+              num_test: int = DEFAULTS.num_test, seed: int = DEFAULT_SEED) -> list[Case] | None:
     """Held-out cases (another random stream, IDs `SYNTS_*`), written to imagesTs/labelsTs."""
     if num_test <= 0:
         return None
@@ -168,22 +188,26 @@ def read_test(source_dir: Path | None = None, *, num_cases: int = 40, size: int 
 
 
 def write_synthetic_dataset(out_root: Path | str | None = None, *, dataset_id: int = DEFAULT_IDS["synthetic"],
-                            name: str = "Synthetic", num_cases: int = 40, num_test: int = 10, size: int = 64,
-                            num_classes: int = 1, empty_fraction: float = 0.15,
-                            modalities: Sequence[str] = MODALITIES, seed: int = 12345, folds: str | int | None = "5",
+                            name: str = "Synthetic", num_cases: int = DEFAULTS.num_cases,
+                            num_test: int = DEFAULTS.num_test, size: int = DEFAULTS.size,
+                            num_classes: int = DEFAULTS.num_classes, empty_fraction: float = DEFAULTS.empty_fraction,
+                            modalities: Sequence[str] = MODALITIES, seed: int = DEFAULT_SEED,
+                            folds: str | int | None = "5",
                             overwrite: bool = False, preprocessed_root: Path | str | None = None,
                             progress: bool = False, quiet: bool = True) -> Path:
     """A complete nnU-Net raw dataset (imagesTr/labelsTr + imagesTs/labelsTs); returns its folder."""
     opts = dict(num_cases=num_cases, size=size, num_classes=num_classes, empty_fraction=empty_fraction,
                 modalities=tuple(modalities), num_test=num_test, seed=seed)
-    return write_dataset(read(None, **opts), test_cases=read_test(None, **opts), dataset_id=dataset_id, name=name,
-                         channel_names=dict(RGB), labels=labels_for(num_classes), out_root=out_root,
-                         preprocessed_root=preprocessed_root, overwrite=overwrite, folds=folds, seed=seed,
-                         description=SPEC.description, progress=progress, quiet=quiet)
+    declaration = DatasetDeclaration(dataset_id=dataset_id, name=name, channel_names=dict(RGB),
+                                     labels=labels_for(num_classes), folds=folds, seed=seed,
+                                     description=SPEC.description)
+    return write_dataset(read(None, **opts), declaration, test_cases=read_test(None, **opts), out_root=out_root,
+                         preprocessed_root=preprocessed_root, overwrite=overwrite, progress=progress, quiet=quiet)
 
 
-def write_heldout_images(folder: Path | str, num_cases: int = 10, *, seed: int = 12345, size: int = 64,
-                         num_classes: int = 1, empty_fraction: float = 0.15,
+def write_heldout_images(folder: Path | str, num_cases: int = DEFAULTS.num_test, *, seed: int = DEFAULT_SEED,
+                         size: int = DEFAULTS.size, num_classes: int = DEFAULTS.num_classes,
+                         empty_fraction: float = DEFAULTS.empty_fraction,
                          modalities: Sequence[str] = MODALITIES) -> tuple[Path, Path]:
     """Write held-out cases as `folder/imagesTs/{id}_0000.png` (ready for nnUNetv2_predict) and
     their labels as `folder/labelsTs/{id}.png`; returns (images folder, labels folder)."""
@@ -194,17 +218,21 @@ def write_heldout_images(folder: Path | str, num_cases: int = 10, *, seed: int =
     for c in generate_cases(num_cases, seed=seed, size=size, num_classes=num_classes,
                             empty_fraction=empty_fraction, modalities=modalities, stream=TEST_STREAM,
                             prefix="SYNTS"):
-        _png(img_dir / f"{c.case_id}_0000.png", c.image)
-        _png(lab_dir / f"{c.case_id}.png", c.label)
+        write_png(img_dir / f"{c.case_id}_0000.png", c.image)
+        write_png(lab_dir / f"{c.case_id}.png", c.label)
     return img_dir, lab_dir
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-cases", type=int, default=40, help="training cases (default 40)")
-    p.add_argument("--num-test", type=int, default=10, help="held-out cases in imagesTs/labelsTs (default 10)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--num-classes", type=int, default=1, help="lesion classes (default 1; 2 for multi-class)")
-    p.add_argument("--empty-fraction", type=float, default=0.15, help="share of cases without lesion")
+    d = DEFAULTS
+    p.add_argument("--num-cases", type=int, default=d.num_cases, help=f"training cases (default {d.num_cases})")
+    p.add_argument("--num-test", type=int, default=d.num_test,
+                   help=f"held-out cases in imagesTs/labelsTs (default {d.num_test})")
+    p.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
+    p.add_argument("--num-classes", type=int, default=d.num_classes,
+                   help=f"lesion classes (default {d.num_classes}; 2 for multi-class)")
+    p.add_argument("--empty-fraction", type=float, default=d.empty_fraction,
+                   help=f"share of cases without lesion (default {d.empty_fraction})")
     p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES))
     p.add_argument("--group-by-modality", action="store_true",
                    help="use the modality as split group (default: no groups, image-level splits)")
@@ -218,7 +246,7 @@ SPEC = ConverterSpec(
     read_test=read_test,
     dataset_name="Synthetic",
     channel_names=dict(RGB),
-    labels=lambda o: labels_for(o.get("num_classes", 1)),
+    labels=lambda o: labels_for(o.get("num_classes", DEFAULTS.num_classes)),
     add_arguments=_add_arguments,
     source_required=False,
     seeded=True,

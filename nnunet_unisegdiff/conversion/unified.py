@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BadPairError, Case, LayoutError, lazy_case, read_sources
+from .common import BadPairError, Case, LayoutError, lazy_case
 from .registry import BINARY, DEFAULT_IDS, RGB, ConverterSpec
+from .writer import read_sources
 
 PAPER_TASKS = ("amdsd", "btd", "ebhiseg", "polyp", "covid19", "busi")
 DEFAULT_DATASETS = tuple(str(DEFAULT_IDS[t]) for t in PAPER_TASKS)

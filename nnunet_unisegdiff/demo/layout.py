@@ -8,9 +8,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 DATASET_NAME = "UniSegDiffDemo"
 RUN_MARKER = "demo.json"           # written first into every run folder: only such folders are replaced

@@ -26,170 +26,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
-import torch
-
+from nnunet_unisegdiff.commands import CommandError, console_script, run_logged
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
+from nnunet_unisegdiff.defaults import DEFAULT_SEED
 from nnunet_unisegdiff.demo.layout import DATASET_NAME, NNUNET_VARS, RUN_MARKER, DemoError, Layout, prepare_layout
+from nnunet_unisegdiff.demo.processes import child_cpu_seconds, child_env, pick_device, run_with_progress
+from nnunet_unisegdiff.demo.progress import BASELINE_TRAINER, PredictParser, StepProgress, TrainParser, trainer_epochs
 from nnunet_unisegdiff.demo.report import finish_report, fmt_seconds, lesion_lines, method_slug, write_report
-from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
-from nnunet_unisegdiff.training import variants
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
-
-try:
-    import resource  # CPU time of the child processes (Unix)
-except ImportError:  # pragma: no cover
-    resource = None
 
 DATASET_ID = 598
 TRAINER = "nnUNetTrainerUniSegDiffDemo"
-BASELINE_TRAINER = "nnUNetTrainerDemoBaseline"
 METHOD, BASELINE = "UniSegDiff", "nnU-Net baseline"
 DEFAULT_ROOT = Path("unisegdiff_demo")
-
-
-
-
-# ----------------------------------------------------------------------------- child processes
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def child_env(layout: Layout, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of every nnU-Net command: the folders, our trainers on nnUNet_extTrainer, and
-    speed settings for small CPU runs where the user has not chosen otherwise."""
-    env = dict(os.environ if environ is None else environ)
-    env.update({var: str(path) for var, path in layout.nnunet.items()})
-    ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p and Path(p) != TRAINER_DIR]
-    env["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), *ext])
-    env.setdefault("nnUNet_def_n_proc", str(min(2, os.cpu_count() or 1)))  # process pools cost more than they give here
-    env.setdefault("nnUNet_compile", "0")  # compiling takes longer than the demo trains
-    env[CFENET_CHECKPOINT_ENV] = "none"  # nothing found by chance; UniSegDiff's train step names the baseline
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def nnunet_command(name: str) -> str:
-    """An nnU-Net console script of this Python's environment (else from PATH)."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise DemoError(f"{name} not found: is nnunetv2 installed in this environment?")
-    return found
-
-
-class StepProgress:
-    """Progress inside one long step: a tqdm bar on a terminal, a line per update otherwise."""
-
-    def __init__(self, total: int, desc: str, unit: str, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.total, self.desc, self.n, self.info = total, desc, 0, ""
-        self.bar = None
-        if self.stream.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=f"      {desc}", unit=unit, file=self.stream, leave=False,
-                            bar_format="{desc}: {n}/{total} {unit} |{bar:20}| {elapsed} {postfix}")
-
-    def update(self, n: int | None = None, info: str | None = None, desc: str | None = None) -> None:
-        changed = False
-        if n is not None and n != self.n:
-            self.n, changed = min(n, self.total), True
-        if info is not None and info != self.info:
-            self.info, changed = info, True
-        if desc is not None and desc != self.desc:
-            self.desc, changed = desc, True
-        if not changed:
-            return
-        if self.bar is not None:
-            self.bar.set_description_str(f"      {self.desc}", refresh=False)
-            self.bar.n = self.n
-            self.bar.set_postfix_str(self.info, refresh=False)
-            self.bar.refresh()
-        elif n is not None:  # plain output: one line per step of the counter
-            print(f"      {self.desc} {self.n}/{self.total} {self.info}".rstrip(), file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class TrainParser:
-    """Follows nnUNetv2_train's log: epochs, phase switch, pseudo Dice, final validation."""
-
-    def __init__(self, progress: StepProgress, num_epochs: int) -> None:
-        self.progress, self.num_epochs = progress, num_epochs
-        self.validating, self.validated = False, 0
-        self.last_dice: str | None = None
-        self.mean_validation_dice: float | None = None
-
-    def __call__(self, line: str) -> None:
-        if m := re.search(r": Epoch (\d+)\s*$", line):
-            self.progress.update(n=int(m.group(1)))
-        elif m := re.search(r"Pseudo dice \[(.*)\]", line):
-            values = re.findall(r"[-+]?\d*\.\d+|\d+", m.group(1).replace("np.float32", ""))
-            self.last_dice = ", ".join(f"{float(v):.2f}" for v in values)
-            self.progress.update(info=f"pseudo Dice {self.last_dice}")
-        elif "Phase B from epoch" in line:
-            self.progress.update(desc="epochs (phase B: DNet)")
-        elif "Training done." in line:
-            self.progress.update(n=self.num_epochs, info="final validation")
-            self.validating = True
-        elif self.validating and re.search(r": predicting \S+\s*$", line):
-            self.validated += 1
-            self.progress.update(info=f"final validation: {self.validated} cases")
-        elif m := re.search(r"Mean Validation Dice:\s*([0-9.eE+-]+)", line):
-            self.mean_validation_dice = float(m.group(1))
-
-
-class PredictParser:
-    def __init__(self, progress: StepProgress) -> None:
-        self.progress, self.done = progress, 0
-
-    def __call__(self, line: str) -> None:
-        if re.match(r"done with \S+", line.strip()):
-            self.done += 1
-            self.progress.update(n=self.done)
-
-
-def run_logged(cmd: Sequence[str], env: Mapping[str, str], log_file: Path,
-               on_line: Callable[[str], None] | None = None) -> None:
-    """Run a command, its output (stdout and stderr) into `log_file`, each line also to `on_line`.
-    A failure raises DemoError with the end of the log."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(list(cmd), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
-        for line in proc.stdout:
-            log.write(line)
-            if on_line is not None:
-                on_line(line.rstrip("\n"))
-        rc = proc.wait()
-    if rc != 0:
-        tail = "\n".join(log_file.read_text().splitlines()[-25:])
-        raise DemoError(f"{Path(cmd[0]).name} failed (exit code {rc}); full log: {log_file}\n{tail}")
-
-
-def run_with_progress(cmd: Sequence[str], env: Mapping[str, str], log_file: Path, progress: StepProgress,
-                      on_line: Callable[[str], None]) -> None:
-    """`run_logged`, closing the step's progress bar however the command ends."""
-    try:
-        run_logged(cmd, env, log_file, on_line)
-    finally:
-        progress.close()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -203,7 +58,7 @@ class DemoConfig:
     num_cases: int = 48
     num_test: int = 12
     size: int = 64
-    seed: int = 12345
+    seed: int = DEFAULT_SEED
     grid_cases: int = 6
     trainer: str = TRAINER
     baseline_trainer: str = BASELINE_TRAINER
@@ -225,29 +80,6 @@ class DemoState:
     env: dict
     steps: list[StepRecord] = field(default_factory=list)
     validation_dice: dict[str, float | None] = field(default_factory=dict)
-
-
-def child_cpu_seconds() -> float:
-    if resource is None:
-        return float("nan")
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-
-def trainer_epochs(name: str) -> int:
-    """Total epochs of a trainer (for the progress bar): ours from their class, nnU-Net's
-    `nnUNetTrainer_Xepochs` from the name; 0 if unknown."""
-    cls = getattr(variants, name, None)
-    if cls is None:
-        m = re.fullmatch(r"nnUNetTrainer_(\d+)epochs?", name)
-        return int(m.group(1)) if m else (1000 if name == "nnUNetTrainer" else 0)
-    if hasattr(cls, "num_epochs_cfenet"):
-        return cls.num_epochs_cfenet + cls.num_epochs_dnet
-    if name == BASELINE_TRAINER:
-        return variants.nnUNetTrainerUniSegDiffDemo.num_epochs_cfenet
-    return 0
-
 
 
 class Demo:
@@ -321,7 +153,7 @@ class Demo:
 
     def plan_and_preprocess(self) -> None:
         n = self.state.env["nnUNet_def_n_proc"]
-        cmd = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(self.config.dataset_id), "-c", "2d",
+        cmd = [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(self.config.dataset_id), "-c", "2d",
                "-np", n, "-npfp", n, "--verify_dataset_integrity"]
         done = self.step(2, "Plan and preprocess (nnU-Net's planner, 2d configuration)", cmd)
         log = self.state.layout.logs / "plan_and_preprocess.log"
@@ -329,7 +161,7 @@ class Demo:
         done(log)
 
     def train(self, k: int, name: str, trainer: str, extra_env: Mapping[str, str]) -> None:
-        cmd = [nnunet_command("nnUNetv2_train"), str(self.config.dataset_id), "2d", "0", "-tr", trainer,
+        cmd = [console_script("nnUNetv2_train"), str(self.config.dataset_id), "2d", "0", "-tr", trainer,
                "-device", self.state.device]
         done = self.step(k, f"Train {name}: fold 0 with {trainer}", cmd)
         env = {**self.state.env, **extra_env}
@@ -347,7 +179,7 @@ class Demo:
 
     def predict(self, k: int, name: str, trainer: str, images: Path) -> Path:
         out = self.state.layout.predictions / method_slug(name)
-        cmd = [nnunet_command("nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d",
+        cmd = [console_script("nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d",
                str(self.config.dataset_id), "-c", "2d", "-tr", trainer, "-f", "0", "-device", self.state.device,
                "--save_probabilities", "-npp", "1", "-nps", "1"]
         done = self.step(k, f"Predict the held-out images with {name}", cmd)
@@ -403,45 +235,42 @@ def print_summary(summary: dict, say: Callable[[str], None]) -> None:
         f"{var}={run['nnunet_folders'][var]}" for var in NNUNET_VARS) + " nnUNet_extTrainer=$(unisegdiff trainer-dir)")
 
 
-
 # ----------------------------------------------------------------------------- command line
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo", help="UniSegDiff next to nnU-Net's baseline on synthetic data, through nnU-Net's commands",
         description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                   help=f"folder of the numbered runs (default ./{DEFAULT_ROOT})")
+    d = DemoConfig()  # the defaults, declared once
+    p.add_argument("--root", type=Path, default=d.root, help=f"folder of the numbered runs (default ./{d.root})")
     p.add_argument("--run", dest="run_name", default=None, metavar="NAME",
                    help="run folder name inside --root (default: the next run_NNN)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the --run folder (default: the latest run) and, in nnU-Net folders from your "
                         "environment, the demo's own dataset and models")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="nnU-Net's -device (auto: cuda when available)")
-    p.add_argument("--dataset-id", type=int, default=DATASET_ID, help=f"nnU-Net dataset ID (default {DATASET_ID})")
-    p.add_argument("--num-cases", type=int, default=48, help="training images (default 48)")
-    p.add_argument("--num-test", type=int, default=12, help="held-out images (default 12)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the synthetic data")
-    p.add_argument("--grid-cases", type=int, default=6, help="cases in the figure grid (default 6)")
-    p.add_argument("--trainer", default=TRAINER,
-                   help=f"UniSegDiff trainer (default {TRAINER}; e.g. nnUNetTrainerUniSegDiff_50epochs on a GPU)")
-    p.add_argument("--baseline-trainer", default=BASELINE_TRAINER,
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help=f"nnU-Net's -device (default {d.device}: cuda when available)")
+    p.add_argument("--dataset-id", type=int, default=d.dataset_id, help=f"nnU-Net dataset ID (default {d.dataset_id})")
+    p.add_argument("--num-cases", type=int, default=d.num_cases, help=f"training images (default {d.num_cases})")
+    p.add_argument("--num-test", type=int, default=d.num_test, help=f"held-out images (default {d.num_test})")
+    p.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the synthetic data (default {d.seed})")
+    p.add_argument("--grid-cases", type=int, default=d.grid_cases,
+                   help=f"cases in the figure grid (default {d.grid_cases})")
+    p.add_argument("--trainer", default=d.trainer,
+                   help=f"UniSegDiff trainer (default {d.trainer}; e.g. nnUNetTrainerUniSegDiff_50epochs on a GPU)")
+    p.add_argument("--baseline-trainer", default=d.baseline_trainer,
                    help=f"nnU-Net trainer to compare with and to reuse as UniSegDiff's CFENet "
-                        f"(default {BASELINE_TRAINER})")
+                        f"(default {d.baseline_trainer})")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    config = DemoConfig(root=args.root, run_name=args.run_name, overwrite=args.overwrite, device=args.device,
-                        dataset_id=args.dataset_id, num_cases=args.num_cases, num_test=args.num_test, size=args.size,
-                        seed=args.seed, grid_cases=args.grid_cases, trainer=args.trainer,
-                        baseline_trainer=args.baseline_trainer)
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
     try:
         validate_config(config)
         Demo(config).run()
-    except DemoError as e:
+    except (DemoError, CommandError) as e:
         print(f"unisegdiff demo: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

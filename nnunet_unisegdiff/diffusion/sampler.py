@@ -15,8 +15,9 @@ The sampler knows nothing of networks: it gets `denoise(x_t, t_told) -> (eps_hat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,26 +26,29 @@ from nnunet_unisegdiff.diffusion.schedule import alpha_bar, ddim_step, split_pre
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 
 Denoise = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+# DR re-noising, one signature for the RENOISE table: (x_t, x0_hat, copies, ab, generator) -> the DR
+# inputs. x_t, x0_hat: PM's last state and clean estimate (B, C, *spatial); ab: alpha-bar at the DR
+# timestep (0-dim); result (copies * B, C, *spatial), copy-major. A strategy names what it ignores `_`.
+Renoise = Callable[[Tensor, Tensor, int, Tensor, torch.Generator | None], Tensor]
 
 
-def renoise_fresh(x_t: Tensor, x0_hat: Tensor, t: int, copies: int, alphas_cumprod: Tensor,
+def renoise_fresh(_x_t: Tensor, x0_hat: Tensor, copies: int, ab: Tensor,
                   generator: torch.Generator | None) -> Tensor:
-    """Default DR re-noising: `copies` fresh draws of q(x_t | x0_hat) around the branch's clean
-    estimate (clamped to the mask range). A deterministic jump from one X299 would give the same
-    mask every time. x_t, x0_hat: (B, C, *spatial) -> (copies * B, C, *spatial), copy-major."""
+    """Default: `copies` fresh draws of q(x_t | x0_hat) around the branch's clean estimate (clamped
+    to the mask range). A deterministic jump from one X299 would give the same mask every time."""
     x0 = x0_hat.clamp(-1, 1).repeat(copies, *[1] * (x0_hat.ndim - 1))
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    ab = alpha_bar(alphas_cumprod, torch.tensor(t)).to(x0.dtype)
+    ab = ab.to(x0.dtype)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
 
-def renoise_none(x_t: Tensor, x0_hat: Tensor, t: int, copies: int, alphas_cumprod: Tensor,
-                 generator: torch.Generator | None) -> Tensor:
+def renoise_none(x_t: Tensor, _x0_hat: Tensor, copies: int, _ab: Tensor,
+                 _generator: torch.Generator | None) -> Tensor:
     """Paper taken literally: every draw starts from the same X299 (draws are then identical)."""
     return x_t.repeat(copies, *[1] * (x_t.ndim - 1))
 
 
-RENOISE = {"fresh": renoise_fresh, "none": renoise_none}
+RENOISE: dict[str, Renoise] = {"fresh": renoise_fresh, "none": renoise_none}
 
 
 class SampleResult(NamedTuple):
@@ -137,8 +141,8 @@ class StagedSampler:
                 x0_hat = x0_hat.clamp(-1, 1)
             x = ddim_step(x, told, self._told(t_prev, 2 * b, dev), x0_hat, "x0", ac)
         # DR: `draws` re-noised copies per branch, each to X0 with one call told timestep 0
-        t_dr = c.low - 1
-        x = RENOISE[c.renoise](x, x0_hat, t_dr, c.draws_per_branch, ac, generator)  # (draws*2B, ...)
+        ab_dr = alpha_bar(ac, torch.tensor(c.low - 1))
+        x = RENOISE[c.renoise](x, x0_hat, c.draws_per_branch, ab_dr, generator)  # (draws*2B, ...)
         x0 = self._dr_call(denoise, x, ac)
         # draw-major order (draw, branch, b) -> (branch, draw, b): x0-branch draws first
         x0 = x0.reshape(c.draws_per_branch, 2, b, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
@@ -159,7 +163,7 @@ class StagedSampler:
         b, dev = x_T.shape[0], x_T.device
         ac = self.alphas_cumprod.to(dev)
         _, logits = denoise(x_T, self._told(self.config.num_timesteps - 1, b, dev))
-        x = renoise_fresh(x_T, _x0_from_logits(logits), self.config.low - 1, 1, ac, generator)
+        x = renoise_fresh(x_T, _x0_from_logits(logits), 1, alpha_bar(ac, torch.tensor(self.config.low - 1)), generator)
         return self._dr_call(denoise, x, ac)
 
     def _ddim(self, denoise: Denoise, x_T: Tensor, ac: Tensor, generator) -> tuple[Tensor, int]:

@@ -3,7 +3,7 @@
 folds), plus the count table of empty masks that goes with it.
 
 Pure formatting: a summary row is a dict with at least `task`, `mDice`, `mIoU` (percent) and, from
-fold mode, `mDice_std`, `mIoU_std`. `evaluation.py` produces them; the demo can put several methods
+fold mode, `mDice_std`, `mIoU_std`. `aggregate.py` produces them; the demo can put several methods
 into one table with `table3_markdown([("UniSegDiff", rows_a), ("nnUNetTrainer", rows_b)])`.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 PM = "\u00b1"  # the paper's "84.4 ± 1.2"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import pydoc
-from typing import Sequence, Type
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,8 +18,6 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from torch import Tensor, nn
 
 from nnunet_unisegdiff.model.injection import DualCrossAttention, FeatureFusion
-
-ARCH_KEYS_TO_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")
 
 
 class TimestepEmbedding(nn.Module):
@@ -48,11 +46,11 @@ def _decoder(encoder: PlainConvEncoder, num_classes: int, n_conv: Sequence[int])
 
 class DNet(nn.Module):
     def __init__(self, num_classes: int, cond_channels: Sequence[int], features: Sequence[int],
-                 conv_op: Type[nn.Module], kernel_sizes: Sequence, strides: Sequence,
+                 conv_op: type[nn.Module], kernel_sizes: Sequence, strides: Sequence,
                  n_conv_per_stage: Sequence[int], n_conv_per_stage_decoder: Sequence[int],
                  stage_tokens: Sequence[int], token_budget: int = 1024, use_dca: bool = True,
-                 conv_bias: bool = True, norm_op: Type[nn.Module] | None = None,
-                 norm_op_kwargs: dict | None = None, nonlin: Type[nn.Module] | None = None,
+                 conv_bias: bool = True, norm_op: type[nn.Module] | None = None,
+                 norm_op_kwargs: dict | None = None, nonlin: type[nn.Module] | None = None,
                  nonlin_kwargs: dict | None = None) -> None:
         super().__init__()
         n_stages = len(features)
@@ -89,7 +87,7 @@ class DNet(nn.Module):
     @classmethod
     def from_plan(cls, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str], patch_size: Sequence[int],
                   num_classes: int, width: float = 1.0, token_budget: int = 1024,
-                  use_dca: bool = True) -> "DNet":
+                  use_dca: bool = True) -> DNet:
         """Build from a configuration's `network_arch_init_kwargs` (PlainConvUNet or ResEnc plans)."""
         kw = dict(arch_kwargs)
         for key in arch_kwargs_req_import:

@@ -9,8 +9,6 @@ are the flattened spatial positions.
 """
 from __future__ import annotations
 
-from typing import Type
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,7 +40,7 @@ class CrossAttention(nn.Module):
 class DualCrossAttention(nn.Module):
     """DCA: condition attends to denoising features, then denoising features attend to the result."""
 
-    def __init__(self, channels: int, cond_channels: int, conv_op: Type[nn.Module],
+    def __init__(self, channels: int, cond_channels: int, conv_op: type[nn.Module],
                  head_channels: int = 64) -> None:
         super().__init__()
         self.proj_cond = conv_op(cond_channels, channels, 1)
@@ -62,9 +60,9 @@ class DualCrossAttention(nn.Module):
 class FeatureFusion(nn.Module):
     """Light fusion for high-resolution stages: h + nonlin(norm(conv1x1([h, proj(cond)])))."""
 
-    def __init__(self, channels: int, cond_channels: int, conv_op: Type[nn.Module],
-                 norm_op: Type[nn.Module] | None, norm_op_kwargs: dict | None,
-                 nonlin: Type[nn.Module] | None, nonlin_kwargs: dict | None) -> None:
+    def __init__(self, channels: int, cond_channels: int, conv_op: type[nn.Module],
+                 norm_op: type[nn.Module] | None, norm_op_kwargs: dict | None,
+                 nonlin: type[nn.Module] | None, nonlin_kwargs: dict | None) -> None:
         super().__init__()
         self.proj_cond = conv_op(cond_channels, channels, 1)
         self.mix = conv_op(2 * channels, channels, 1)

@@ -4,7 +4,7 @@ preprocessed dataset: the tests' tiny networks, the benchmarks' paper-sized ones
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 _REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
@@ -53,7 +53,8 @@ def unet_plans(patch: Sequence[int], features: Sequence[int] | None = None, *, a
                             "_kw_requires_import": list(_REQUIRES_IMPORT)},
            "batch_dice": batch_dice}
     return {"dataset_name": dataset_name, "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": list(original_spacing), "original_median_shape_after_transp": [1] + patch,
+            "original_median_spacing_after_transp": list(original_spacing),
+            "original_median_shape_after_transp": [1] + patch,
             "image_reader_writer": "NaturalImage2DIO", "label_manager": "LabelManager",
             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
             "foreground_intensity_properties_per_channel": {}, "configurations": {configuration: cfg}}

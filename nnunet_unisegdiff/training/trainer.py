@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, phase_b_loss
 from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSettings, build_unisegdiff_network
 from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 from nnunet_unisegdiff.training.plots import plot_stage_losses
 from nnunet_unisegdiff.training.selection import choose_pipeline, format_table, score_pipelines, write_record
 
@@ -196,8 +197,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     # ---- epochs ----------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         if self.phase == "A" and self.current_epoch >= self.num_epochs_cfenet:
-            self.print_to_log_file(f"Phase B from epoch {self.current_epoch}: CFENet frozen, training DNet "
-                                   f"({self.objective.mode} objective)")
+            self.print_to_log_file(PHASE_B_START.format(epoch=self.current_epoch, mode=self.objective.mode))
             self._enter_phase("B")
             self._best_ema = None  # checkpoint_best is chosen within phase B
         super().on_train_epoch_start()

@@ -11,6 +11,14 @@ from nnunet_unisegdiff.diffusion.staged import StagedObjective
 from nnunet_unisegdiff.model.pipelines import PAPER_PSEUDO_PIXELS, PAPER_SAMPLER
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
+__all__ = [  # the trainers only: nnU-Net's trainer folder re-exports these by `import *`
+    "nnUNetTrainerUniSegDiff_5epochs", "nnUNetTrainerUniSegDiff_50epochs", "nnUNetTrainerUniSegDiff_100epochs",
+    "nnUNetTrainerUniSegDiff_250epochs", "nnUNetTrainerUniSegDiff_500epochs", "nnUNetTrainerUniSegDiff_1000epochs",
+    "nnUNetTrainerUniSegDiffMirroring", "nnUNetTrainerUniSegDiffUniformEps", "nnUNetTrainerUniSegDiffUniformX0",
+    "nnUNetTrainerUniSegDiffOneStep", "nnUNetTrainerUniSegDiffNoDCA", "nnUNetTrainerUniSegDiffNoSTAPLE",
+    "nnUNetTrainerUniSegDiffDemo", "nnUNetTrainerDemoBaseline", "nnUNetTrainerUniSegDiffPaper",
+]
+
 _BASE = nnUNetTrainerUniSegDiff.unisegdiff
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from nnunet_unisegdiff import cli
-from nnunet_unisegdiff.analysis import gradients
+from nnunet_unisegdiff.analysis import batches, gradients, measure, models
 from nnunet_unisegdiff.model.plans import tiny_plans
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
@@ -20,8 +20,8 @@ FAST = ["--timesteps", "3", "--repeats", "1", "--batch-size", "2"]
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)
-    network, pm, cm, seg_loss = gradients.build_model(nnUNetTrainerUniSegDiff, tiny_plans(2), DATASET_JSON, "2d")
-    images, labels, _ = gradients.synthetic_batch(2, 32)
+    network, pm, cm, seg_loss = models.build_model(nnUNetTrainerUniSegDiff, tiny_plans(2), DATASET_JSON, "2d")
+    images, labels, _ = batches.synthetic_batch(2, 32)
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
     network.freeze_cfenet = True
     network.train()
@@ -32,7 +32,7 @@ def tiny_model():
 
 def _grads(model, name, t):
     network, seg_loss, images, labels, cond, eps = model
-    return gradients.objective_gradients(network, cond, 2, labels, seg_loss, gradients.objectives()[name], t, eps)
+    return measure.objective_gradients(network, cond, 2, labels, seg_loss, measure.objectives()[name], t, eps)
 
 
 def test_each_target_trains_its_own_decoder_and_the_shared_encoder(tiny_model):
@@ -63,7 +63,7 @@ def test_staged_gradient_in_rs_differs_from_either_target(tiny_model):
 
 def test_magnitude_is_the_mean_absolute_element_and_the_norm():
     grads = {"a": torch.tensor([3.0, -4.0]), "b": torch.tensor([[0.0]])}
-    mean_abs, norm = gradients.magnitude(grads)
+    mean_abs, norm = measure.magnitude(grads)
     assert mean_abs == pytest.approx(7 / 3) and norm == pytest.approx(5.0)
 
 
@@ -98,7 +98,7 @@ def test_command_on_a_preprocessed_folder_writes_plot_and_json(tmp_path, capsys)
 
 def test_command_loads_a_trained_checkpoint_from_a_trainer_folder(tmp_path):
     plans = tiny_plans(2)
-    network, *_ = gradients.build_model(nnUNetTrainerUniSegDiff, plans, DATASET_JSON, "2d")
+    network, *_ = models.build_model(nnUNetTrainerUniSegDiff, plans, DATASET_JSON, "2d")
     network.dnet_trained.fill_(True)
     folder = tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d"
     (folder / "fold_0").mkdir(parents=True)
@@ -115,18 +115,18 @@ def test_command_loads_a_trained_checkpoint_from_a_trainer_folder(tmp_path):
 def test_unknown_folder_and_non_unisegdiff_trainer_are_refused(tmp_path, capsys):
     assert cli.main(["gradients", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     assert "neither" in capsys.readouterr().err
-    with pytest.raises(gradients.GradientError, match="not a UniSegDiff trainer"):
-        gradients.find_trainer_class("nnUNetTrainerDemoBaseline")
+    with pytest.raises(models.GradientError, match="not a UniSegDiff trainer"):
+        models.find_trainer_class("nnUNetTrainerDemoBaseline")
 
 
 def test_synthetic_plans_match_nnunets_plan_for_64px_rgb():
-    arch = gradients.synthetic_plans(64)["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    arch = models.synthetic_plans(64)["configurations"]["2d"]["architecture"]["arch_kwargs"]
     assert arch["features_per_stage"] == [32, 64, 128, 256, 512] and arch["n_stages"] == 5
 
 
 def test_crop_or_pad_centres_the_window():
     a = np.arange(10)[None].astype(float)
-    assert gradients._crop_or_pad(a, [4], [5.0]).tolist() == [[3, 4, 5, 6]]
-    assert gradients._crop_or_pad(a, [4], [0.0]).tolist() == [[0, 1, 2, 3]]
-    padded = gradients._crop_or_pad(a[:, :2], [4], [1.0])
+    assert batches.crop_or_pad(a, [4], [5.0]).tolist() == [[3, 4, 5, 6]]
+    assert batches.crop_or_pad(a, [4], [0.0]).tolist() == [[0, 1, 2, 3]]
+    padded = batches.crop_or_pad(a[:, :2], [4], [1.0])
     assert padded.shape == (1, 4) and sorted(padded[0].tolist()) == [0, 0, 0, 1]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_png, verify_integrity
 from PIL import Image
 
 from nnunet_unisegdiff.conversion import amdsd
 from nnunet_unisegdiff.conversion.common import BadPairError, LayoutError
 from nnunet_unisegdiff.conversion.registry import convert
-from conftest import read_png, verify_integrity
 
 H, HALF = 12, 16  # composite is H x (2*HALF)
 # class id -> a slightly-off version of its pure colour (as real anti-aliased PNGs carry)

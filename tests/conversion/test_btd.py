@@ -9,11 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import read_png, verify_integrity
 
 from nnunet_unisegdiff.conversion import btd
 from nnunet_unisegdiff.conversion.common import BadPairError, LayoutError
 from nnunet_unisegdiff.conversion.registry import convert
-from conftest import read_png, verify_integrity
 
 # slice number -> (PID as MATLAB stores it, tumour type, cvind fold, (H, W) in MATLAB)
 SLICES = {

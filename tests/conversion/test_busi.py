@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from nnunet_unisegdiff.conversion import busi
-from nnunet_unisegdiff.conversion.common import BadPairError, LayoutError, load_summary
+from nnunet_unisegdiff.conversion.common import BadPairError, LayoutError
 from nnunet_unisegdiff.conversion.registry import convert
-
+from nnunet_unisegdiff.conversion.writer import load_summary
 
 pytestmark = pytest.mark.usefixtures("nnunet_env")
 

@@ -8,12 +8,15 @@ import pytest
 from PIL import Image
 
 from nnunet_unisegdiff.conversion import splits
-from nnunet_unisegdiff.conversion.common import (BadPairError, Case, DatasetExistsError, LayoutError, Orphan, lazy_case,
-                                       load_summary, pair_by_stem, read_image, read_mask, read_sources,
-                                       sanitize_id, write_dataset)
+from nnunet_unisegdiff.conversion.common import BadPairError, Case, DatasetExistsError, LayoutError, Orphan, lazy_case
+from nnunet_unisegdiff.conversion.reading import pair_by_stem, read_image, read_mask, sanitize_id
 from nnunet_unisegdiff.conversion.registry import BINARY, CONVERTER_MODULES, DEFAULT_IDS, RGB
+from nnunet_unisegdiff.conversion.writer import DatasetDeclaration, load_summary, read_sources, write_dataset
 
-RGB_SPEC = dict(channel_names=RGB, labels=BINARY)
+
+def rgb(dataset_id: int, name: str, **kw) -> DatasetDeclaration:
+    """A binary RGB dataset's declaration."""
+    return DatasetDeclaration(dataset_id, name, channel_names=RGB, labels=BINARY, **kw)
 
 
 pytestmark = pytest.mark.usefixtures("nnunet_env")
@@ -35,12 +38,13 @@ def _leftovers(root):
 def test_written_dataset_has_nnunet_layout_tables_and_passes_integrity_check(nnunet_env):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     cases = [_case(i, group=f"p{i // 3}", empty=(i == 4)) for i in range(10)] + [Orphan("x/lonely.png")]
-    out = write_dataset(cases, dataset_id=590, name="Unit", folds="5", progress=False, quiet=True, **RGB_SPEC)
+    out = write_dataset(cases, rgb(590, "Unit", folds="5"), progress=False, quiet=True)
     assert out == nnunet_env / "nnUNet_raw" / "Dataset590_Unit"
     assert sorted(p.name for p in (out / "imagesTr").iterdir())[0] == "case_000_0000.png"
     assert len(list((out / "labelsTr").iterdir())) == 10
     dj = json.loads((out / "dataset.json").read_text())
-    assert dj["numTraining"] == 10 and dj["file_ending"] == ".png" and dj["channel_names"] == {"0": "R", "1": "G", "2": "B"}
+    assert dj["numTraining"] == 10 and dj["file_ending"] == ".png"
+    assert dj["channel_names"] == {"0": "R", "1": "G", "2": "B"}
     assert read_sources(out)["case_003"] == {"source": "T", "group": "p1", "subset": "Tr", "origin": "src/3.png"}
     assert (out / "sources.csv").read_text().splitlines()[0] == "case_id,source,group,subset,origin"
     s = load_summary(out)
@@ -57,15 +61,15 @@ def test_bad_pair_in_the_middle_names_the_file_and_leaves_nothing_behind(nnunet_
     bad = lazy_case("case_bad", lambda: (read_image(corrupt), np.zeros((12, 16), np.uint8)), origin=str(corrupt))
     cases = [_case(0), _case(1), bad, _case(2)]
     with pytest.raises(BadPairError, match="corrupt.png"):
-        write_dataset(cases, dataset_id=591, name="Bad", progress=False, quiet=True, **RGB_SPEC)
+        write_dataset(cases, rgb(591, "Bad"), progress=False, quiet=True)
     assert _leftovers(nnunet_env / "nnUNet_raw") == []
     assert _leftovers(nnunet_env / "nnUNet_preprocessed") == []
 
 
 def test_skip_bad_reports_each_skip_and_writes_the_rest(nnunet_env):
     mismatch = Case("case_mis", np.zeros((12, 16, 3), np.uint8), np.zeros((12, 15), np.uint8), origin="m/mis.png")
-    out = write_dataset([_case(0), mismatch, _case(1)], dataset_id=592, name="Skip", skip_bad=True,
-                        folds=None, progress=False, quiet=True, **RGB_SPEC)
+    out = write_dataset([_case(0), mismatch, _case(1)], rgb(592, "Skip", folds=None), skip_bad=True,
+                        progress=False, quiet=True)
     s = load_summary(out)
     assert s["cases_written"] == 2
     assert len(s["bad_pairs_skipped"]) == 1 and "m/mis.png" in s["bad_pairs_skipped"][0]
@@ -82,26 +86,24 @@ def test_skip_bad_reports_each_skip_and_writes_the_rest(nnunet_env):
 ])
 def test_validation_rejects_inconsistent_pairs(nnunet_env, image, label, message):
     with pytest.raises(BadPairError, match=message):
-        write_dataset([Case("c", image, label, origin="f.png")], dataset_id=593, name="V", progress=False,
-                      quiet=True, **RGB_SPEC)
+        write_dataset([Case("c", image, label, origin="f.png")], rgb(593, "V"), progress=False, quiet=True)
     assert _leftovers(nnunet_env / "nnUNet_raw") == []
 
 
 def test_refuses_to_overwrite_an_existing_dataset_id_unless_asked(nnunet_env):
-    write_dataset([_case(0)], dataset_id=594, name="First", folds=None, progress=False, quiet=True, **RGB_SPEC)
+    write_dataset([_case(0)], rgb(594, "First", folds=None), progress=False, quiet=True)
     with pytest.raises(DatasetExistsError, match="Dataset594_First"):
-        write_dataset([_case(1)], dataset_id=594, name="Second", progress=False, quiet=True, **RGB_SPEC)
-    out = write_dataset([_case(1)], dataset_id=594, name="Second", overwrite=True, folds=None, progress=False,
-                        quiet=True, **RGB_SPEC)
+        write_dataset([_case(1)], rgb(594, "Second"), progress=False, quiet=True)
+    out = write_dataset([_case(1)], rgb(594, "Second", folds=None), overwrite=True, progress=False, quiet=True)
     assert _leftovers(nnunet_env / "nnUNet_raw") == ["Dataset594_Second"]
     assert (out / "imagesTr" / "case_001_0000.png").is_file()
 
 
 def test_no_cases_and_duplicate_ids_are_errors(nnunet_env):
     with pytest.raises(LayoutError, match="no usable cases"):
-        write_dataset([Orphan("a.png")], dataset_id=595, name="E", progress=False, quiet=True, **RGB_SPEC)
+        write_dataset([Orphan("a.png")], rgb(595, "E"), progress=False, quiet=True)
     with pytest.raises(BadPairError, match="duplicate case ID"):
-        write_dataset([_case(0), _case(0)], dataset_id=595, name="E", progress=False, quiet=True, **RGB_SPEC)
+        write_dataset([_case(0), _case(0)], rgb(595, "E"), progress=False, quiet=True)
     assert _leftovers(nnunet_env / "nnUNet_raw") == []
 
 
@@ -136,7 +138,7 @@ def test_read_mask_reduces_every_png_mode_to_one_binary_channel(tmp_path):
         "RGB": Image.fromarray(np.stack([m] * 3, -1)),
         "RGBA": Image.fromarray(np.stack([m, m, m, np.full_like(m, 255)], -1)),
         "P": Image.fromarray(m).convert("P"),
-        "I16": Image.fromarray((m.astype(np.uint16) * 257)),
+        "I16": Image.fromarray(m.astype(np.uint16) * 257),
         "01": Image.fromarray((m > 0).astype(np.uint8)),
         "1": Image.fromarray(m > 0),
     }
@@ -193,6 +195,6 @@ def test_cli_reports_bad_input_in_one_line_and_exits_nonzero(nnunet_env, tmp_pat
 def test_an_unreadable_file_inside_a_lazy_loader_is_a_bad_pair_naming_its_origin(nnunet_env):
     def load():
         raise OSError("truncated HDF5 superblock")
-    out = write_dataset([_case(0), lazy_case("broken", load, origin="vol/7.mat"), _case(1)], dataset_id=596,
-                        name="Lazy", skip_bad=True, folds=None, progress=False, quiet=True, **RGB_SPEC)
+    out = write_dataset([_case(0), lazy_case("broken", load, origin="vol/7.mat"), _case(1)],
+                        rgb(596, "Lazy", folds=None), skip_bad=True, progress=False, quiet=True)
     assert load_summary(out)["bad_pairs_skipped"] == ["vol/7.mat: cannot read (truncated HDF5 superblock)"]

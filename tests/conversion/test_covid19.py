@@ -9,11 +9,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import read_png, verify_integrity
 
 from nnunet_unisegdiff.conversion import covid19
 from nnunet_unisegdiff.conversion.common import BadPairError, LayoutError, Orphan
 from nnunet_unisegdiff.conversion.registry import convert
-from conftest import read_png, verify_integrity
 
 HU_LESION, HU_LUNG = 0, -800
 # per volume: (lesion slices, empty slices) with effusion kept; 30 slices, 9 with lesion

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_png, verify_integrity
 from PIL import Image
 
 from nnunet_unisegdiff.conversion import ebhiseg
 from nnunet_unisegdiff.conversion.common import BadPairError, LayoutError, Orphan
 from nnunet_unisegdiff.conversion.registry import convert
-from conftest import read_png, verify_integrity
 
 S = 24  # real images are 224x224; the converter does not care
 

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from nnunet_unisegdiff.conversion import polyp
-from nnunet_unisegdiff.conversion.common import Case, LayoutError, load_summary, read_sources
+from nnunet_unisegdiff.conversion.common import Case, LayoutError
 from nnunet_unisegdiff.conversion.registry import convert
 from nnunet_unisegdiff.conversion.splits import straddling_groups
+from nnunet_unisegdiff.conversion.writer import load_summary, read_sources
 
 KV = ("cju0qkwl35piu0993l0dewei2", "cju2y5zas8m7f0801d34g5owq", "cju1c8ffau5770835g0g343o8")
 
@@ -37,7 +38,8 @@ def _pair(folder, stem, img_ext=".png", mask_ext=".png", mask_stem=None, img_dir
     (folder / img_dir).mkdir(parents=True, exist_ok=True)
     (folder / mask_dir).mkdir(parents=True, exist_ok=True)
     Image.fromarray(_img(*size, seed=seed)).save(folder / img_dir / f"{stem}{img_ext}")
-    Image.fromarray(_mask(*size, residue=residue, rgb=rgb_mask)).save(folder / mask_dir / f"{mask_stem or stem}{mask_ext}")
+    mask = _mask(*size, residue=residue, rgb=rgb_mask)
+    Image.fromarray(mask).save(folder / mask_dir / f"{mask_stem or stem}{mask_ext}")
 
 
 def make_pranet(root):
@@ -138,10 +140,11 @@ def test_size_mismatch_is_a_bad_pair_and_orphan_images_are_reported(tmp_path):
     cases = [c for c in items if isinstance(c, Case)]
     assert [c.case_id for c in cases] == ["Polyp_ColonDB_0001", "Polyp_ColonDB_0002"]
     assert [o.problem for o in items if not isinstance(o, Case)] == ["image without mask"]
-    from nnunet_unisegdiff.conversion.common import BadPairError, write_dataset
+    from nnunet_unisegdiff.conversion.common import BadPairError
+    from nnunet_unisegdiff.conversion.writer import DatasetDeclaration, write_dataset
     with pytest.raises(BadPairError, match=r"2.png.*size mismatch"):
-        write_dataset(items, dataset_id=504, name="Polyp", channel_names={0: "R", 1: "G", 2: "B"},
-                      labels={"background": 0, "lesion": 1}, out_root=tmp_path / "raw", progress=False, quiet=True)
+        write_dataset(items, DatasetDeclaration(504, "Polyp", {0: "R", 1: "G", 2: "B"}, {"background": 0, "lesion": 1}),
+                      out_root=tmp_path / "raw", progress=False, quiet=True)
     assert not any((tmp_path / "raw").iterdir())
 
 

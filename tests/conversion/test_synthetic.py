@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from nnunet_unisegdiff.conversion import synthetic
-from nnunet_unisegdiff.conversion.common import load_summary, read_sources
-
+from nnunet_unisegdiff.conversion.writer import load_summary, read_sources
 
 pytestmark = pytest.mark.usefixtures("nnunet_env")
 

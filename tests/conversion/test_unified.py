@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nnunet_unisegdiff.conversion.common import Case, LayoutError, load_summary, read_sources, write_dataset
+from nnunet_unisegdiff.conversion.common import Case, LayoutError
 from nnunet_unisegdiff.conversion.registry import convert
 from nnunet_unisegdiff.conversion.splits import straddling_groups
-
+from nnunet_unisegdiff.conversion.writer import DatasetDeclaration, load_summary, read_sources, write_dataset
 
 pytestmark = pytest.mark.usefixtures("nnunet_env")
 
@@ -23,8 +23,8 @@ def _inputs():
         lab[5:10, 5 + i:15 + i] = 1
         grey.append(Case(f"MRI_{i:03d}", rng.integers(0, 256, (20, 30), dtype=np.uint8), lab, group=f"pat{i // 2}",
                          source="MRI"))
-    write_dataset(grey, dataset_id=521, name="MRI", channel_names={0: "MRI"}, labels={"background": 0, "tumour": 1},
-                  folds=None, progress=False, quiet=True)
+    write_dataset(grey, DatasetDeclaration(521, "MRI", {0: "MRI"}, {"background": 0, "tumour": 1}, folds=None),
+                  progress=False, quiet=True)
     rgb = []
     for i in range(5):  # 3-class RGB, no groups, 24x24, plus held-out cases
         lab = np.zeros((24, 24), np.uint8)
@@ -33,8 +33,9 @@ def _inputs():
         rgb.append(Case(f"c{i}", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), lab, source="Oct"))
     test = [Case(f"t{i}", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), np.ones((24, 24), np.uint8))
             for i in range(2)]
-    write_dataset(rgb, test_cases=test, dataset_id=522, name="Oct", channel_names={0: "R", 1: "G", 2: "B"},
-                  labels={"background": 0, "fluid": 1, "tumour": 2}, folds=None, progress=False, quiet=True)
+    oct_ = DatasetDeclaration(522, "Oct", {0: "R", 1: "G", 2: "B"}, {"background": 0, "fluid": 1, "tumour": 2},
+                              folds=None)
+    write_dataset(rgb, oct_, test_cases=test, progress=False, quiet=True)
 
 
 def test_merge_replicates_grey_binarises_resizes_and_keeps_the_task_table(nnunet_env):
@@ -47,9 +48,10 @@ def test_merge_replicates_grey_binarises_resizes_and_keeps_the_task_table(nnunet
     dj = json.loads((out / "dataset.json").read_text())
     assert dj["numTraining"] == 13 and dj["labels"] == {"background": 0, "lesion": 1} and len(dj["channel_names"]) == 3
     table = read_sources(out)
+    mri = nnunet_env / "nnUNet_raw" / "Dataset521_MRI"
     assert table["MRI_003"] == {"source": "MRI", "group": "MRI/pat1", "subset": "Tr",
-                                "origin": str(nnunet_env / "nnUNet_raw" / "Dataset521_MRI" / "imagesTr" / "MRI_003_0000.png")
-                                + " + " + str(nnunet_env / "nnUNet_raw" / "Dataset521_MRI" / "labelsTr" / "MRI_003.png")}
+                                "origin": str(mri / "imagesTr" / "MRI_003_0000.png")
+                                + " + " + str(mri / "labelsTr" / "MRI_003.png")}
     assert table["Oct_c0"]["source"] == "Oct" and table["Oct_t1"]["subset"] == "Ts"
     img = np.asarray(Image.open(out / "imagesTr" / "MRI_000_0000.png"))
     assert img.shape == (16, 16, 3) and np.array_equal(img[..., 0], img[..., 2])

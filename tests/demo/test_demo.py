@@ -2,6 +2,7 @@
 nnU-Net's environment, log parsing, arguments, and the report written from fake predictions."""
 import json
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,10 @@ from nnunet_unisegdiff.conversion.synthetic import write_heldout_images
 from nnunet_unisegdiff.demo import layout as run_folders
 from nnunet_unisegdiff.demo import report as demo_report
 from nnunet_unisegdiff.demo import runner as demo
+from nnunet_unisegdiff.demo.processes import child_env
+from nnunet_unisegdiff.demo.progress import PredictParser, TrainParser, trainer_epochs
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
+from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -94,7 +98,7 @@ def test_another_dataset_with_the_demo_id_is_never_overwritten(tmp_path):
 # ----------------------------------------------------------------------------- environment and logs
 def test_child_environment_finds_our_trainers_and_keeps_the_users_choices(tmp_path):
     layout = run_folders.prepare_layout(tmp_path, None, False, 598, environ={})
-    env = demo.child_env(layout, {"nnUNet_extTrainer": "/my/trainers", "nnUNet_def_n_proc": "7",
+    env = child_env(layout, {"nnUNet_extTrainer": "/my/trainers", "nnUNet_def_n_proc": "7",
                                   "nnUNet_unisegdiff_cfenet": "/some/checkpoint.pth"})
     assert env["nnUNet_extTrainer"].split(os.pathsep) == [str(TRAINER_DIR), "/my/trainers"]
     assert env["nnUNet_def_n_proc"] == "7" and env["nnUNet_compile"] == "0"
@@ -115,10 +119,10 @@ class Recorder:
 
 def test_train_parser_follows_epochs_phase_switch_and_validation():
     rec = Recorder()
-    parser = demo.TrainParser(rec, num_epochs=12)
+    parser = TrainParser(rec, num_epochs=12)
     for line in ["2026-01-01 10:00:00.000000: Epoch 0",
                  "2026-01-01 10:00:05.000000: Pseudo dice [np.float32(0.8455)]",
-                 "2026-01-01 10:01:00.000000: Phase B from epoch 4: CFENet frozen, training DNet",
+                 "2026-01-01 10:01:00.000000: " + PHASE_B_START.format(epoch=4, mode="staged"),
                  "2026-01-01 10:01:00.000001: Epoch 4",
                  "2026-01-01 10:02:00.000000: Training done.",
                  "2026-01-01 10:02:01.000000: predicting SYN_0002_us",
@@ -126,39 +130,31 @@ def test_train_parser_follows_epochs_phase_switch_and_validation():
         parser(line)
     assert (0, None, None) in rec.calls and (4, None, None) in rec.calls
     assert (None, "pseudo Dice 0.85", None) in rec.calls
-    assert any(desc and "phase B" in desc for _, _, desc in rec.calls)
+    assert [desc for _, _, desc in rec.calls if desc] == ["epochs (phase B: DNet)"]
     assert (None, "final validation: 1 cases", None) in rec.calls
     assert parser.mean_validation_dice == pytest.approx(0.79917, abs=1e-5)
 
 
 def test_predict_parser_counts_finished_cases():
     rec = Recorder()
-    parser = demo.PredictParser(rec)
+    parser = PredictParser(rec)
     for line in ["Predicting SYNTS_0000_grey:", "done with SYNTS_0000_grey", "done with SYNTS_0001_endo"]:
         parser(line)
     assert [c[0] for c in rec.calls] == [1, 2]
 
 
-def test_a_failing_command_reports_its_log(tmp_path):
-    import sys
-    with pytest.raises(run_folders.DemoError, match="exit code 3") as e:
-        demo.run_logged([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], dict(os.environ),
-                        tmp_path / "x.log")
-    assert "boom" in str(e.value) and (tmp_path / "x.log").is_file()
-
-
 def test_baseline_trainer_has_the_cfenet_budget_of_the_demo_trainer():
     from nnunet_unisegdiff.training.variants import nnUNetTrainerUniSegDiffDemo as D
-    assert demo.trainer_epochs(demo.TRAINER) == D.num_epochs_cfenet + D.num_epochs_dnet
-    assert demo.trainer_epochs(demo.BASELINE_TRAINER) == D.num_epochs_cfenet  # it is UniSegDiff's CFENet
+    assert trainer_epochs(demo.TRAINER) == D.num_epochs_cfenet + D.num_epochs_dnet
+    assert trainer_epochs(demo.BASELINE_TRAINER) == D.num_epochs_cfenet  # it is UniSegDiff's CFENet
     assert D.num_epochs_cfenet >= 1 and D.num_epochs_dnet >= 1 and D.dnet_lr > 1e-4
 
 
 def test_progress_knows_the_epochs_of_builtin_trainers():
-    assert demo.trainer_epochs("nnUNetTrainer_50epochs") == 50
-    assert demo.trainer_epochs("nnUNetTrainer_1epoch") == 1
-    assert demo.trainer_epochs("nnUNetTrainerUniSegDiff_50epochs") == 50
-    assert demo.trainer_epochs("SomethingElse") == 0
+    assert trainer_epochs("nnUNetTrainer_50epochs") == 50
+    assert trainer_epochs("nnUNetTrainer_1epoch") == 1
+    assert trainer_epochs("nnUNetTrainerUniSegDiff_50epochs") == 50
+    assert trainer_epochs("SomethingElse") == 0
 
 
 def test_demo_trainers_are_found_through_the_extension_folder(monkeypatch):
@@ -177,8 +173,9 @@ def test_bad_arguments_end_with_a_message_and_create_nothing(tmp_path, capsys, a
     assert not any((tmp_path / "root").glob("run_*"))
 
 
-def test_parser_defaults():
+def test_parser_defaults_are_the_config_defaults():
     args = cli.build_parser().parse_args(["demo"])
+    assert {f.name: getattr(args, f.name) for f in fields(demo.DemoConfig)} == asdict(demo.DemoConfig())
     assert (args.root, args.run_name, args.overwrite, args.device) == (demo.DEFAULT_ROOT, None, False, "auto")
     assert (args.trainer, args.baseline_trainer) == (demo.TRAINER, demo.BASELINE_TRAINER)
 

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from nnunet_unisegdiff.diffusion.schedule import (ddim_step, linear_alphas_cumprod, q_sample,
-                                        split_prediction)
+from nnunet_unisegdiff.diffusion.schedule import ddim_step, linear_alphas_cumprod, q_sample, split_prediction
 
 AB = linear_alphas_cumprod()
 

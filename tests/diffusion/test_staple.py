@@ -85,7 +85,7 @@ def numpy_warfield(masks: torch.Tensor, p0: float, f0: float, prior: float, iter
     """Textbook E-first Warfield EM (products of likelihoods, float64): an oracle for the paper schedule."""
     d = masks.reshape(masks.shape[0], -1).double().numpy()  # (N, P)
     p, f = np.full(len(d), p0), np.full(len(d), f0)
-    for it in range(iterations):
+    for _ in range(iterations):
         a = prior * np.prod(np.where(d == 1, p[:, None], 1 - p[:, None]), axis=0)
         b = (1 - prior) * np.prod(np.where(d == 1, f[:, None], 1 - f[:, None]), axis=0)
         w = a / (a + b)
@@ -107,7 +107,8 @@ def well_posed_stacks() -> dict[str, torch.Tensor]:
     """20 raters (the sampler's count), each a noisy version of one truth.
 
     The paper's fixed prior 0.5 differs from ITK's mean-vote prior; on stacks with few raters or purely
-    structural disagreement (nested balls, shifted squares) the two legitimately move the boundary, so they are not compared.
+    structural disagreement (nested balls, shifted squares) the two legitimately move the boundary, so they are
+    not compared.
     """
     return {
         "random2d": noisy_raters(gt_2d(), 20, 0.25, seed=1),

@@ -10,7 +10,7 @@ import pytest
 
 from nnunet_unisegdiff.cli import main as cli_main
 from nnunet_unisegdiff.evaluation import evaluate as ev
-from nnunet_unisegdiff.evaluation import report
+from nnunet_unisegdiff.evaluation import report, tasks
 
 
 def mask(*pixels, shape=(4, 4), value=1):
@@ -85,14 +85,14 @@ def test_sources_table_groups_cases_into_tasks_in_table_order(tmp_path, fmt):
 def test_sources_table_prefers_task_over_source_column(tmp_path):
     src = tmp_path / "s.csv"
     src.write_text("case_id,source,task\nk1,Kvasir,Polyp\nc1,CVC-ClinicDB,Polyp\n")
-    assert ev.load_sources(src) == {"k1": "Polyp", "c1": "Polyp"}
-    assert ev.load_sources(src, column="source") == {"k1": "Kvasir", "c1": "CVC-ClinicDB"}
+    assert tasks.load_sources(src) == {"k1": "Polyp", "c1": "Polyp"}
+    assert tasks.load_sources(src, column="source") == {"k1": "Kvasir", "c1": "CVC-ClinicDB"}
 
 
 def test_converter_sources_json_with_paper_task_map_merges_polyp_sets_in_paper_order(tmp_path):
     pred, gt = write_cases(tmp_path, {"kv1": (GT3, GT3), "cvc1": (GT3, PRED3),
                                       "busi1": (GT3, EMPTY), "amd1": (GT3, GT3)})
-    # the per-case table nnunet_unisegdiff.conversion.common writes beside dataset.json
+    # the per-case table nnunet_unisegdiff.conversion.writer writes beside dataset.json
     table = {c: {"source": s, "group": None, "subset": "Tr", "origin": f"/raw/{c}"}
              for c, s in (("busi1", "BUSI"), ("kv1", "Kvasir-SEG"), ("cvc1", "CVC-ClinicDB"),
                           ("amd1", "AMD-SD"))}
@@ -265,3 +265,17 @@ def test_summaries_of_two_evaluations_combine_into_one_table_as_the_readme_shows
     md = report.table3_markdown([report.load_summary(a), report.load_summary(b)])
     assert md.splitlines()[2].startswith("| UniSegDiff | 83.3 | 75.0 |")
     assert md.splitlines()[3].startswith("| UNet | 100.0 | 100.0 |")
+
+
+def test_paper_task_map_maps_the_source_names_each_converter_writes():
+    import importlib
+
+    from nnunet_unisegdiff.conversion.registry import CONVERTER_MODULES, get_spec
+    table, order = tasks.load_task_map("paper")
+    assert order == ["WA", "BT", "ADC", "CP", "LI", "BL"]  # Table 3's columns
+    for name, module in CONVERTER_MODULES.items():
+        spec, mod = get_spec(name), importlib.import_module(module)
+        written = [getattr(mod, "SOURCE", None), *getattr(mod, "SOURCES", ())]
+        if spec.paper_task is None:
+            continue
+        assert all(table[tasks._norm(s)] == spec.paper_task for s in written if isinstance(s, str)), name

@@ -6,8 +6,13 @@ import pytest
 from PIL import Image
 
 from nnunet_unisegdiff import cli
-from nnunet_unisegdiff.evaluation.uncertainty import (colormap_lut, entropy_map, load_probabilities, overlay_rgb,
-                                           write_uncertainty)
+from nnunet_unisegdiff.evaluation.uncertainty import (
+    colormap_lut,
+    entropy_map,
+    load_probabilities,
+    overlay_rgb,
+    write_uncertainty,
+)
 
 
 def binary_probs(p_fg: np.ndarray) -> np.ndarray:

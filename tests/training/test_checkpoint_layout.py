@@ -5,7 +5,6 @@ keys and shapes the trainers build must stay those recorded in `data/state_dict_
 state dict also holds one non-tensor entry, `_extra_state`: the inference settings record, which
 checkpoints without it do without (tests/model/test_settings_record.py)."""
 import json
-import os
 from pathlib import Path
 
 import pytest

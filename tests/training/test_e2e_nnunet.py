@@ -41,7 +41,8 @@ def nnunet_env(tmp_path_factory):
 def run(cmd, env, check=True):
     proc = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
@@ -107,7 +108,8 @@ def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
     # an empty prediction scores 0; predicting everything as lesion scores 2|GT| / (|GT| + N)
     everything = np.mean([2 * m["n_ref"] / (m["n_ref"] + 32 * 32) for m in scored])
     assert dice > max(0.3, everything + 0.1), \
-        f"Dice on training cases {dice:.3f} is not clearly above an empty (0) or all-lesion ({everything:.3f}) prediction"
+        (f"Dice on training cases {dice:.3f} is not clearly above an empty (0) "
+         f"or all-lesion ({everything:.3f}) prediction")
 
     # nnU-Net's model selection reads the --npz validation outputs of the trainer folder
     run(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "2d", "-tr", TRAINER, "-f", "0"], env)

@@ -90,6 +90,7 @@ def test_switch_freezes_cfenet_and_trains_dnet_with_adamw(nnunet_dirs):
     t.on_train_epoch_start()
     net = t.composite
     assert t.phase == "B" and t.network is net and t._best_ema is None
+    assert_demo_sees_phase_b(t.log_file)
     assert isinstance(t.optimizer, torch.optim.AdamW)
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(Tiny.dnet_lr)
     assert not net.cfenet.training and net.dnet.training and bool(net.dnet_trained)
@@ -100,6 +101,23 @@ def test_switch_freezes_cfenet_and_trains_dnet_with_adamw(nnunet_dirs):
     assert all(torch.equal(a, b) for a, b in zip(before, net.cfenet.parameters())), "CFENet must stay frozen"
     val = t.validation_step({"data": torch.randn(2, 3, 32, 32), "target": (torch.rand(2, 1, 32, 32) > .5).long()})
     assert val["tp_hard"].shape == (1,) and np.isfinite(val["loss"])
+
+
+def assert_demo_sees_phase_b(log_file):
+    """The demo's progress parser recognises the switch in the trainer's real log."""
+    from nnunet_unisegdiff.demo.progress import TrainParser
+
+    class Progress:
+        desc = None
+
+        def update(self, n=None, info=None, desc=None):
+            self.desc = desc or self.desc
+
+    progress = Progress()
+    parser = TrainParser(progress, num_epochs=4)
+    for line in open(log_file).read().splitlines():
+        parser(line)
+    assert progress.desc == "epochs (phase B: DNet)"
 
 
 def test_cosine_schedule_over_phase_b():
@@ -134,7 +152,8 @@ def test_resume_restores_the_phase_its_optimiser_and_the_epoch(nnunet_dirs, wher
         for key in a:
             assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
     sd_r, sd_t = r.composite.state_dict(), t.composite.state_dict()
-    assert all(torch.equal(sd_r[k], sd_t[k]) for k in sd_t)
+    assert sd_r.keys() == sd_t.keys()  # tensors, and the settings record (a dict under _extra_state)
+    assert all(torch.equal(sd_r[k], sd_t[k]) if torch.is_tensor(sd_t[k]) else sd_r[k] == sd_t[k] for k in sd_t)
     r.on_train_epoch_start()  # the next epoch picks the right phase
     assert r.phase == ("A" if epoch + 1 < Tiny.num_epochs_cfenet else "B")
     assert np.isfinite(fake_step(r)["loss"])
@@ -259,7 +278,7 @@ def _ddp_worker(rank: int, world: int, store_path: str, queue) -> None:
         x = torch.randn(2, 3, 32, 32, generator=g)
         labels = (torch.rand(2, 1, 32, 32, generator=g) > 0.6).long()
         ddp.zero_grad()
-        loss, _ = phase_b_loss(lambda x_t, t: ddp(x, x_t, t), labels, StagedObjective(), seg,
+        loss, _ = phase_b_loss(lambda x_t, t, x=x: ddp(x, x_t, t), labels, StagedObjective(), seg,
                                net.sampler.alphas_cumprod, 2, g)
         loss.backward()
         grads = [p.grad.clone() for p in net.dnet.parameters()]
