@@ -329,6 +329,21 @@ def fmt(row: dict, key: str) -> str:
     return f"{row[key]:.1f} ± {row[key + '_sd']:.1f}"
 
 
+def write_results(name: str, per_run: list[dict], runs: list[int], what: str, timings: dict, args,
+                  device: torch.device, title: str = "Held-out") -> dict:
+    """Mean ± sd over the runs (seeds or splits) per phase-B budget: printed, JSON and Markdown."""
+    results = {f"per_{what[:-1]}": dict(zip(runs, per_run)), "timings": timings,
+               "tables": {e: aggregate(per_run, e) for e in args.dnet_epochs}}
+    for e in args.dnet_epochs:
+        print(f"\n{title}, mean ± sd over {what} {runs}; phase B {e} epochs x {args.iterations} iterations")
+        print_rows(results["tables"][e])
+    path = write_json(name, meta(device, settings={k: str(v) for k, v in vars(args).items()}), results, args.json)
+    path.with_suffix(".md").write_text("".join(
+        f"{title}, phase B {e} epochs x {args.iterations} iterations, {what} {runs}, mean ± sd\n\n"
+        + markdown_rows(results["tables"][e]) + "\n" for e in args.dnet_epochs))
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,16 +393,7 @@ def main(argv=None) -> int:
         print(f"seed {seed}: chosen pipeline {first['chosen_pipeline']}, pixel agreement {first['pixel_agreement']}",
               flush=True)
         print_rows(aggregate(per_seed[-1:], args.dnet_epochs[0]))
-    results = {"per_seed": dict(zip(args.seeds, per_seed)), "timings": timings,
-               "tables": {e: aggregate(per_seed, e) for e in args.dnet_epochs}}
-    for e in args.dnet_epochs:
-        print(f"\nHeld-out, mean ± sd over seeds {args.seeds}; phase B {e} epochs x {args.iterations} iterations")
-        print_rows(results["tables"][e])
-    path = write_json("accuracy", meta(device, settings={k: str(v) for k, v in vars(args).items()}), results,
-                      args.json)
-    path.with_suffix(".md").write_text("".join(
-        f"Phase B {e} epochs x {args.iterations} iterations, seeds {args.seeds}, mean ± sd\n\n"
-        + markdown_rows(results["tables"][e]) + "\n" for e in args.dnet_epochs))
+    write_results("accuracy", per_seed, args.seeds, "seeds", timings, args, device)
     return 0
 
 

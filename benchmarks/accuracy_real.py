@@ -25,20 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS, add_smoke_arg, apply_smoke, meta, write_json
+from _common import RESULTS, add_smoke_arg, apply_smoke
 from accuracy import (
     BASELINE,
     BIN,
     ModelScorer,
     aggregate,
     case_scores,
-    markdown_rows,
     nnunet_env,
     print_rows,
     run,
     summarize,
     train_once,
     unisegdiff_trainer,
+    write_results,
     write_trainers,
 )
 
@@ -256,16 +256,8 @@ def main(argv=None) -> int:
         print_rows(aggregate(per_split[-1:], args.dnet_epochs[0]))
     if args.baselines_only:
         return 0
-    results = {"per_split": dict(zip(args.splits, per_split)), "timings": timings,
-               "tables": {e: aggregate(per_split, e) for e in args.dnet_epochs}}
-    for e in args.dnet_epochs:
-        print(f"\n{args.converter} held-out, mean ± sd over splits {args.splits}; phase B {e} x {args.iterations}")
-        print_rows(results["tables"][e])
-    path = write_json(f"accuracy_real_{args.converter}",
-                      meta(device, settings={k: str(v) for k, v in vars(args).items()}), results, args.json)
-    path.with_suffix(".md").write_text("".join(
-        f"{args.converter}, phase B {e} epochs x {args.iterations} iterations, splits {args.splits}, mean ± sd\n\n"
-        + markdown_rows(results["tables"][e]) + "\n" for e in args.dnet_epochs))
+    write_results(f"accuracy_real_{args.converter}", per_split, args.splits, "splits", timings, args, device,
+                  title=f"{args.converter} held-out")
     return 0
 
 
