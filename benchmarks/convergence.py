@@ -128,9 +128,7 @@ def cfenet_dice(net, images, labels, device) -> float:
 
 def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -> dict:
     net.dnet.load_state_dict(init_state)
-    net.freeze_cfenet = True
-    net.cfenet.requires_grad_(False)
-    net.dnet.requires_grad_(True)
+    net.set_trainable("B")
     net.train()
     opt = torch.optim.AdamW(net.dnet.parameters(), args.lr, weight_decay=1e-2)
     objective = StagedObjective(mode=mode)

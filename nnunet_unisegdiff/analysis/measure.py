@@ -66,10 +66,8 @@ def gradient_profile(network, images, labels, seg_loss, timesteps: Sequence[int]
                      seed: int = 0, staged_objective=None) -> dict:
     """Mean gradient magnitude per objective and timestep. images: (B, C_in, *spatial),
     labels: (B, 1, *spatial). Returns {"timesteps", "objectives": {name: {...}}}."""
-    network.freeze_cfenet = True
+    network.set_trainable("B")
     network.train()
-    network.cfenet.requires_grad_(False)
-    network.dnet.requires_grad_(True)
     cond = network.condition(images)[1]
     shape = (images.shape[0], network.num_classes, *images.shape[2:])
     noises = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + r)).to(images.device)

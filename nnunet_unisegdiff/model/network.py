@@ -52,6 +52,15 @@ class UniSegDiffNetwork(nn.Module):
         """nnU-Net toggles `network.decoder.deep_supervision`: that is CFENet's."""
         return self.cfenet.decoder
 
+    def set_trainable(self, phase: str) -> None:
+        """The one place that says what trains in each phase: "A" CFENet alone; "B" DNet alone, with
+        CFENet frozen and kept in eval mode (its batch-norm statistics stay those of phase A)."""
+        if phase not in ("A", "B"):
+            raise ValueError(f"phase must be 'A' or 'B', got {phase!r}")
+        self.cfenet.requires_grad_(phase == "A")
+        self.dnet.requires_grad_(phase == "B")
+        self.freeze_cfenet = phase == "B"
+
     def train(self, mode: bool = True) -> "UniSegDiffNetwork":
         super().train(mode)
         if self.freeze_cfenet:

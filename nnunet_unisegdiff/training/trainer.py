@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.paths import nnUNet_results
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
@@ -117,30 +116,34 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         """Optimiser, schedule, loss, trainable parameters and DDP wrapping of one phase."""
         net = self.composite
         self.phase = phase
-        net.cfenet.requires_grad_(phase == "A")
-        net.dnet.requires_grad_(phase == "B")
-        net.freeze_cfenet = phase == "B"
-        if phase == "A":
-            module = net.cfenet
-            self.optimizer = torch.optim.SGD(module.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                             momentum=0.99, nesterov=True)
-            self.lr_scheduler = PolyLRScheduler(self.optimizer, self.initial_lr, max(1, self.num_epochs_cfenet))
-            self.loss = self._build_loss()
-        else:
-            module = net
+        net.set_trainable(phase)
+        module = net.cfenet if phase == "A" else net
+        if phase == "B":
             net.dnet_trained.fill_(True)
-            self.optimizer = torch.optim.AdamW(net.dnet.parameters(), self.dnet_lr,
-                                               weight_decay=self.dnet_weight_decay)
-            self.lr_scheduler = CosineLRScheduler(self.optimizer, self.dnet_lr, self.num_epochs_cfenet,
-                                                  self.num_epochs_dnet)
-            loss = self._build_loss()
-            self.loss = getattr(loss, "loss", loss)  # nnU-Net's Dice + CE without the deep-supervision wrapper
         if self.is_ddp:
             device_ids = [self.local_rank] if self.device.type == "cuda" else None
             module = DDP(module, device_ids=device_ids)
         self.network = module
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        loss = self._build_loss()
+        # phase B: nnU-Net's Dice + CE without the deep-supervision wrapper
+        self.loss = loss if phase == "A" else getattr(loss, "loss", loss)
         self.set_deep_supervision_enabled(self.enable_deep_supervision)
         self._ensure_stage_log_keys()
+
+    def configure_optimizers(self):
+        """nnU-Net's hook, per phase. Phase A: nnU-Net's own (or that of an optimizer variant mixed in
+        after this class, e.g. `class T(nnUNetTrainerUniSegDiff, nnUNetTrainerAdam)`) over CFENet, its
+        schedule over the phase-A epochs. Phase B: AdamW + cosine over DNet (paper Table 2)."""
+        if self.phase != "B":
+            total, self.num_epochs = self.num_epochs, max(1, self.num_epochs_cfenet)
+            try:
+                return super().configure_optimizers()
+            finally:
+                self.num_epochs = total
+        optimizer = torch.optim.AdamW(self.composite.dnet.parameters(), self.dnet_lr,
+                                      weight_decay=self.dnet_weight_decay)
+        return optimizer, CosineLRScheduler(optimizer, self.dnet_lr, self.num_epochs_cfenet, self.num_epochs_dnet)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """Deep supervision belongs to CFENet's training only."""

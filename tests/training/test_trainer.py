@@ -362,3 +362,22 @@ def test_fixed_pipeline_variants_skip_the_choice(nnunet_dirs, monkeypatch):
     t._enter_phase("B")
     monkeypatch.setattr(type(t), "_validation_cases", lambda self: pytest.fail("no validation scoring expected"))
     assert t.choose_inference_pipeline() == "diffusion" == t.composite.settings.pipeline
+
+
+def test_phase_a_takes_nnunets_optimizer_hook_so_optimizer_variants_apply(nnunet_dirs):
+    from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
+
+    class TinyAdam(Tiny, nnUNetTrainerAdam):  # nnU-Net's optimizer variant mixed in after UniSegDiff
+        pass
+
+    t = make(TinyAdam)
+    assert type(t.optimizer) is torch.optim.AdamW and t.phase == "A"  # nnUNetTrainerAdam's choice
+    assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in t.composite.cfenet.parameters()}
+    t.lr_scheduler.step(Tiny.num_epochs_cfenet - 1)  # the schedule spans the phase-A epochs only
+    a = Tiny.num_epochs_cfenet  # nnU-Net's poly schedule over A epochs, not over A + B
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(t.initial_lr * (1 - (a - 1) / a) ** 0.9)
+    t._enter_phase("B")
+    assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in t.composite.dnet.parameters()}
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(Tiny.dnet_lr)
