@@ -39,19 +39,12 @@ def settings_to_dict(settings: UniSegDiffSettings) -> dict[str, Any]:
 
 
 def settings_from_dict(record: dict[str, Any]) -> UniSegDiffSettings:
-    """Inverse of `settings_to_dict`. A field this version has and the record lacks takes its value from
-    `RECORD_DEFAULTS` (what the code did before the field existed), never from today's class defaults;
-    other differences are refused."""
-    record = {**RECORD_DEFAULTS, **record}
-    sampler = dict(record["sampler"])
-    sampler["diffusion"] = DiffusionSettings(**sampler["diffusion"])
+    """Inverse of `settings_to_dict`. A record with other fields than this version's is refused: filling a
+    missing field from today's class defaults would silently change how an old model predicts."""
     names = {f.name for f in fields(UniSegDiffSettings)}
     if set(record) != names:
         raise ValueError(f"recorded UniSegDiff settings differ in their fields from this version's: unknown "
                          f"{sorted(set(record) - names)}, missing {sorted(names - set(record))}; a checkpoint of "
                          "another nnunet_unisegdiff version: predict with that version")
+    sampler = {**record["sampler"], "diffusion": DiffusionSettings(**record["sampler"]["diffusion"])}
     return UniSegDiffSettings(**{**record, "sampler": SamplerConfig(**sampler)})
-
-
-# values of fields added after settings were first recorded, for records written before (none yet)
-RECORD_DEFAULTS: dict[str, Any] = {}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
 from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, pipeline_probabilities
 from nnunet_unisegdiff.model.settings import PIPELINES
@@ -38,7 +38,6 @@ def test_pipelines_are_what_their_names_say(net):
     assert torch.equal(out["diffusion"], fuse_masks(draws, 2, "staple", SMALL.staple_pseudo_pixels))
     assert torch.allclose(out["diffusion+cfenet"], (fuse_masks(draws, 2, "vote") + out["cfenet"]) / 2)
     paper = replace(PAPER_SAMPLER, diffusion=SMALL.sampler.diffusion)
-    from nnunet_unisegdiff.diffusion.sampler import StagedSampler
     assert torch.equal(out["paper"], fuse_masks(net.sample(x, StagedSampler(paper)).masks, 2, "staple", None))
 
 

@@ -70,7 +70,10 @@ def test_a_record_of_another_architecture_is_refused_with_the_field_named(monkey
         net.set_extra_state(state)
 
 
-def test_a_record_with_unknown_fields_is_refused():
-    record = settings_to_dict(TRAINED) | {"temperature": 2.0}
+def test_a_record_with_unknown_or_missing_fields_is_refused():
     with pytest.raises(ValueError, match="temperature"):
-        settings_from_dict(record)
+        settings_from_dict(settings_to_dict(TRAINED) | {"temperature": 2.0})
+    missing = settings_to_dict(TRAINED)
+    del missing["seed"]
+    with pytest.raises(ValueError, match="missing \\['seed'\\]"):
+        settings_from_dict(missing)
