@@ -60,8 +60,12 @@ class {name}(nnUNetTrainerUniSegDiff):
 '''
 
 
-def unisegdiff_trainer(epochs_dnet: int) -> str:
-    return f"nnUNetTrainerAccuracyUniSegDiff_{epochs_dnet}dnet"
+DEFAULT_WIDTH = 0.25  # --width's default; other widths get their own trainer (and results folder) name
+
+
+def unisegdiff_trainer(epochs_dnet: int, width: float = DEFAULT_WIDTH) -> str:
+    suffix = "" if width == DEFAULT_WIDTH else f"_w{round(width * 100):03d}"
+    return f"nnUNetTrainerAccuracyUniSegDiff_{epochs_dnet}dnet{suffix}"
 
 
 def write_trainers(folder: Path, args) -> Path:
@@ -73,8 +77,8 @@ def write_trainers(folder: Path, args) -> Path:
                   threads=threads)
     text = TRAINERS_MODULE.format(baseline=BASELINE, **common)
     for e in args.dnet_epochs:
-        text += UNISEGDIFF_CLASS.format(name=unisegdiff_trainer(e), epochs_b=e, lr=args.lr, width=args.width,
-                                        token_budget=args.token_budget, **common)
+        text += UNISEGDIFF_CLASS.format(name=unisegdiff_trainer(e, args.width), epochs_b=e, lr=args.lr,
+                                        width=args.width, token_budget=args.token_budget, **common)
     path = folder / "accuracy_trainers.py"
     path.write_text(text)
     return path
@@ -115,7 +119,7 @@ def train_seed(seed: int, args, work: Path) -> dict:
     cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
     train_once(BASELINE, cfenet, dataset_id, env, args, logs, out["seconds"])
     for e in args.dnet_epochs:
-        name = unisegdiff_trainer(e)
+        name = unisegdiff_trainer(e, args.width)
         out["models"][e] = results / f"{name}__nnUNetPlans__2d"
         train_once(name, out["models"][e] / "fold_0" / "checkpoint_final.pth", dataset_id,
                    {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"])
@@ -150,7 +154,8 @@ def harden(raw: Path, contrast: float, noise: float, seed: int) -> None:
 def predict_cli(seed: int, args, work: Path, raw: Path, dataset_id: int) -> dict[str, Path]:
     """nnUNetv2_predict of the held-out images with both trainers, without test-time augmentation."""
     env, out = nnunet_env(work, work / "trainers"), {}
-    for label, trainer in (("baseline", BASELINE), ("unisegdiff", unisegdiff_trainer(args.dnet_epochs[0]))):
+    shipped = unisegdiff_trainer(args.dnet_epochs[0], args.width)
+    for label, trainer in (("baseline", BASELINE), ("unisegdiff", shipped)):
         pred = work / "predictions" / f"seed{seed}" / label
         if pred.exists():
             shutil.rmtree(pred)
@@ -359,7 +364,7 @@ def main(argv=None) -> int:
                     help="phase-B epochs; several values train one UniSegDiff each on the same CFENet")
     ap.add_argument("--iterations", type=int, default=40, help="iterations per epoch (both trainers)")
     ap.add_argument("--val-iterations", type=int, default=5)
-    ap.add_argument("--width", type=float, default=0.25, help="DNet width (fraction of the plan's features)")
+    ap.add_argument("--width", type=float, default=DEFAULT_WIDTH, help="DNet width (fraction of the plan's features)")
     ap.add_argument("--token-budget", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3, help="DNet learning rate")
     ap.add_argument("--dataset-id", type=int, default=880, help="first dataset ID (one per seed)")

@@ -29,6 +29,7 @@ from _common import RESULTS, add_smoke_arg, apply_smoke
 from accuracy import (
     BASELINE,
     BIN,
+    DEFAULT_WIDTH,
     ModelScorer,
     aggregate,
     case_scores,
@@ -158,12 +159,13 @@ def train_split(split: int, args, work: Path, source: Path) -> dict:
     if args.baselines_only:
         return out
     for e in args.dnet_epochs:
-        trainer = unisegdiff_trainer(e)
+        trainer = unisegdiff_trainer(e, args.width)
         out["models"][e] = results / f"{trainer}__nnUNetPlans__2d"
         train_once(trainer, out["models"][e] / "fold_0" / "checkpoint_final.pth", dataset_id,
                    {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"])
     out["cli"] = {}
-    for label, trainer in (("baseline", BASELINE), ("unisegdiff", unisegdiff_trainer(args.dnet_epochs[0]))):
+    shipped = unisegdiff_trainer(args.dnet_epochs[0], args.width)
+    for label, trainer in (("baseline", BASELINE), ("unisegdiff", shipped)):
         pred = work / "predictions" / f"split{split}" / label
         if pred.exists():
             shutil.rmtree(pred)
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dnet-epochs", type=int, nargs="+", default=[20])
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--val-iterations", type=int, default=5)
-    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--width", type=float, default=DEFAULT_WIDTH)
     ap.add_argument("--token-budget", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--dataset-id", type=int, default=900, help="converted dataset ID (its resize: ID + 1)")
