@@ -39,7 +39,7 @@ def objective_gradients(network, cond, images_batch: int, labels, seg_loss, obje
     tt = torch.full((images_batch,), int(t), device=labels.device, dtype=torch.long)
     targets = objective.targets(tt)
     dnet.zero_grad(set_to_none=True)
-    loss, _ = phase_b_loss(lambda x_t, t_told: dnet(x_t, t_told, cond), labels, objective, seg_loss,
+    loss, _ = phase_b_loss(network.denoiser(cond), labels, objective, seg_loss,
                            objective.diffusion.alphas_cumprod().to(labels.device), network.num_classes,
                            t=tt, eps=eps)
     loss.backward()

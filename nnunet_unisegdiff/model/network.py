@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from nnunet_unisegdiff.diffusion.fusion import probabilities_to_logits
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.model.cfenet import CFENetTap
+from nnunet_unisegdiff.model.denoiser import Denoiser
 from nnunet_unisegdiff.model.dnet import DNet
 from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
 from nnunet_unisegdiff.model.settings import (ARCHITECTURE_FIELDS, UniSegDiffSettings, settings_from_dict,
@@ -72,14 +73,29 @@ class UniSegDiffNetwork(nn.Module):
         """CFENet once: (its logits, condition features CF_0..CF_{S-1}), no gradient."""
         return self._tap(image)
 
+    @property
+    def active_pipeline(self) -> str:
+        """What `network(image)` runs: CFENet while training (nnU-Net's loop, phase-A validation) and until
+        DNet is trained; afterwards, in eval mode, the recorded pipeline."""
+        if self.training or not bool(self.dnet_trained):
+            return "cfenet"
+        return self.settings.pipeline
+
     def forward(self, image: Tensor, x_t: Tensor | None = None, t: Tensor | None = None):
-        """Phase-B training: `network(image, x_t, t)` -> (eps_hat, x0_logits), through DDP's forward.
-        Otherwise: CFENet's output in train mode or before DNet is trained, the staged prediction in eval."""
+        """Two calls:
+        - `network(image)` -> logits (B, C, *spatial) of `active_pipeline` (what nnU-Net trains phase A on,
+          validates and predicts with; "cfenet" gives nnU-Net's own output, deep supervision included);
+        - `network(image, x_t, t)` -> (eps_hat, x0_logits) of DNet on noisy masks x_t (B, C, *spatial) told
+          t (B,): phase B's training step, which must pass through forward for DDP's gradient sync."""
         if x_t is not None:
-            return self.dnet(x_t, t, self.condition(image)[1])
-        if self.training or not bool(self.dnet_trained) or self.settings.pipeline == "cfenet":
-            return self.cfenet(image)  # "cfenet": nnU-Net's own logits, bit for bit
+            return self.denoiser(self.condition(image)[1])(x_t, t)
+        if self.active_pipeline == "cfenet":
+            return self.cfenet(image)  # nnU-Net's own logits, bit for bit
         return probabilities_to_logits(self.predict_probabilities(image))
+
+    def denoiser(self, cond: list[Tensor]) -> Denoiser:
+        """DNet bound to the condition features of a batch (model/denoiser.py)."""
+        return Denoiser(self.dnet, cond)
 
     @torch.no_grad()
     def sample(self, image: Tensor, sampler: StagedSampler | None = None, cond: list[Tensor] | None = None):
@@ -89,19 +105,11 @@ class UniSegDiffNetwork(nn.Module):
         sampler = sampler or self.sampler
         if cond is None:
             _, cond = self.condition(image)
-        cond_cache: dict[int, list[Tensor]] = {}
-
-        def denoise(x_t: Tensor, t: Tensor):
-            k = x_t.shape[0] // image.shape[0]  # copies of the batch in this call
-            if k not in cond_cache:
-                cond_cache[k] = [f.repeat(k, *[1] * (f.ndim - 1)) for f in cond]
-            return self.dnet(x_t, t, cond_cache[k])
-
         generator = None
         if self.settings.seed is not None:
             generator = torch.Generator(device=image.device).manual_seed(self.settings.seed)
         shape = (image.shape[0], self.num_classes, *image.shape[2:])
-        return sampler.sample(denoise, shape, image.device, generator)
+        return sampler.sample(self.denoiser(cond), shape, image.device, generator)
 
     def predict_probabilities(self, image: Tensor) -> Tensor:
         """(B, C_in, *spatial) -> class probabilities (B, C, *spatial) of the recorded pipeline."""

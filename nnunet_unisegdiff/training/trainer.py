@@ -249,11 +249,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         net, ac = self.composite, self._alphas_cumprod
         generator = torch.Generator(device=self.device).manual_seed(self.current_epoch)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            _, cond = net.condition(data)  # CFENet once for all DNet calls
-
-            def denoise(x_t, t):
-                return net.dnet(x_t, t, cond)
-
+            denoise = net.denoiser(net.condition(data)[1])  # CFENet once for all DNet calls
             loss, _ = phase_b_loss(denoise, labels, self.objective, self.loss, ac, net.num_classes, generator)
             x_T = torch.randn((data.shape[0], net.num_classes, *data.shape[2:]), device=self.device,
                               generator=generator)
