@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +25,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _START = (datetime.now(timezone.utc), os.getloadavg())  # noqa: UP017
 os.environ.setdefault("nnUNet_compile", "0")  # before nnU-Net is imported
 
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss  # noqa: E402
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper  # noqa: E402
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss  # noqa: E402
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
 
@@ -77,17 +73,6 @@ def build_unet(patch: Sequence[int], in_ch: int = 3, classes: int = 2, deep_supe
     return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, in_ch, classes, allow_init=True,
                                   deep_supervision=deep_supervision).to(device)
-
-
-def nnunet_loss(deep_supervision: bool, n_outputs: int):
-    """nnUNetTrainer._build_loss for plain label maps (no regions, no ignore label, no DDP)."""
-    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
-                          weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
-    if not deep_supervision:
-        return loss
-    weights = np.array([1 / (2 ** i) for i in range(n_outputs)])
-    weights[-1] = 0
-    return DeepSupervisionWrapper(loss, weights / weights.sum())
 
 
 def ds_targets(labels: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -34,7 +34,6 @@ from _common import (
     build_net,
     ds_targets,
     meta,
-    nnunet_loss,
     print_table,
     setup,
     write_json,
@@ -44,6 +43,7 @@ from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
 from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
 from nnunet_unisegdiff.diffusion.staged import MODES, StagedObjective, phase_b_loss
+from nnunet_unisegdiff.training.losses import segmentation_loss
 
 
 def load_cases(n: int, size: int, seed: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +109,7 @@ def train_cfenet(net, images, labels, args, device) -> float:
         x, y = (t.to(device) for t in next(data))
         out = unet(x)
         if loss_fn is None:
-            loss_fn = nnunet_loss(True, len(out))
+            loss_fn = segmentation_loss(deep_supervision_outputs=len(out))
         loss = loss_fn(out, ds_targets(y, out))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,7 +132,7 @@ def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -
     net.train()
     opt = torch.optim.AdamW(net.dnet.parameters(), args.lr, weight_decay=1e-2)
     objective = StagedObjective(mode=mode)
-    seg_loss = nnunet_loss(False, 1)
+    seg_loss = segmentation_loss()
     ac = objective.diffusion.alphas_cumprod().to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed + 2)
     data = batches(images, labels, args.batch_size, args.seed + 1)

@@ -38,7 +38,6 @@ from _common import (
     interleaved,
     median,
     meta,
-    nnunet_loss,
     print_table,
     rss_mib,
     setup,
@@ -47,6 +46,7 @@ from _common import (
 )
 
 from nnunet_unisegdiff.diffusion.staged import StagedObjective, phase_b_loss
+from nnunet_unisegdiff.training.losses import segmentation_loss
 
 TARGET = 1.5
 
@@ -82,7 +82,7 @@ class Steps:
             with torch.no_grad():
                 outs = self.unet(self.data)
             self.targets = ds_targets(self.labels, outs)
-            self.loss_a = nnunet_loss(True, len(outs))
+            self.loss_a = segmentation_loss(deep_supervision_outputs=len(outs))
             self.scaler_a = torch.amp.GradScaler("cuda") if self.amp else None
         if "B" in phases:
             self._init_b(patch, width)
@@ -96,7 +96,7 @@ class Steps:
         net.freeze_cfenet = True
         self.net = net.train()
         self.opt_b = torch.optim.AdamW(net.dnet.parameters(), 1e-4, weight_decay=1e-2)
-        self.loss_b = nnunet_loss(False, 1)
+        self.loss_b = segmentation_loss()
         self.objective = StagedObjective()
         self.ac = self.objective.diffusion.alphas_cumprod().to(device)
         self.gen = torch.Generator(device=device).manual_seed(0)

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -18,6 +16,7 @@ from nnunet_unisegdiff.conversion.registry import BINARY, RGB
 from nnunet_unisegdiff.model.plans import unet_plans
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training import variants
+from nnunet_unisegdiff.training.losses import segmentation_loss
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 
@@ -69,9 +68,7 @@ def build_model(trainer_cls, plans: dict, dataset_json: dict, configuration: str
         raise GradientError("region-based labels are not supported by UniSegDiff")
     network = trainer_cls.build_network_architecture(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
                                                      lm.num_segmentation_heads, enable_deep_supervision=False)
-    seg_loss = DC_and_CE_loss({"batch_dice": cm.batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                              weight_ce=1, weight_dice=1, ignore_label=lm.ignore_label,
-                              dice_class=MemoryEfficientSoftDiceLoss)
+    seg_loss = segmentation_loss(batch_dice=cm.batch_dice, ignore_label=lm.ignore_label)
     return network, pm, cm, seg_loss
 
 

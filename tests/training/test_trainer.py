@@ -254,13 +254,12 @@ def test_phase_b_step_and_prediction_for_3d_plans_and_multiclass_labels(nnunet_d
 # ---- DDP --------------------------------------------------------------------------------------------
 def _ddp_worker(rank: int, world: int, store_path: str, queue) -> None:
     import torch.distributed as dist
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from nnunet_unisegdiff.diffusion.staged import phase_b_loss
     from nnunet_unisegdiff.model.network import build_unisegdiff_network
+    from nnunet_unisegdiff.training.losses import segmentation_loss
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
@@ -270,8 +269,7 @@ def _ddp_worker(rank: int, world: int, store_path: str, queue) -> None:
     net.cfenet.requires_grad_(False)
     net.freeze_cfenet = True
     ddp = DDP(net)  # as nnU-Net wraps: no find_unused_parameters
-    seg = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                         dice_class=MemoryEfficientSoftDiceLoss)
+    seg = segmentation_loss()
     grads = []
     for step in range(2):  # a second step fails if any DNet parameter went without a gradient
         g = torch.Generator().manual_seed(100 * rank + step)  # different data per rank
