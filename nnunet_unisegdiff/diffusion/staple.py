@@ -195,17 +195,9 @@ def staple_batched(
     for unidentifiable parameters. ``pseudocount`` defaults to 1 ("paper") or 0 ("itk").
     All-empty stacks give 0, all-full stacks 1, never NaN.
     """
-    if mode not in _DEFAULT_ITERATIONS:
-        raise ValueError(f"mode must be 'paper' or 'itk', got {mode!r}")
-    if masks_bn.dim() < 3:
-        raise ValueError(f"expected (B, N, *spatial), got shape {tuple(masks_bn.shape)}")
-    n_iter = _DEFAULT_ITERATIONS[mode] if iterations is None else int(iterations)
-    if n_iter < 1:
-        raise ValueError("iterations must be >= 1")
-    k = (1.0 if mode == "paper" else 0.0) if pseudocount is None else float(pseudocount)
+    n_iter, k = _resolve_schedule(masks_bn, mode, iterations, pseudocount)
     b, n = masks_bn.shape[:2]
     spatial = masks_bn.shape[2:]
-    n_pix = spatial.numel()
     finfo = torch.finfo(dtype)
     eps = 16 * finfo.eps  # floor of p, f, 1 - p, 1 - f before the log
     tiny = finfo.tiny ** 0.5  # below this a sum of (1-)posteriors counts as empty (~1e-19 in float32)
@@ -217,27 +209,45 @@ def staple_batched(
         em = _PatternEM(bits, batch, counts, b, eps)
         init = torch.tensor([[sensitivity_init], [fpr_init]], dtype=dtype, device=dev)  # (2, 1): p, f
         q = torch.cat((init.expand(2, n), 1 - init.expand(2, n)), dim=1).expand(b, 2, 2 * n)  # (B, 2, 2N)
-        prior_q = k * q[:1]
         if mode == "paper":
-            g = torch.full((b,), prior, dtype=dtype, device=dev)
-        else:
-            w = bits.mean(dim=0)  # (U,): mean vote, ITK's initial W
-            votes = torch.zeros(b, dtype=dtype, device=dev).index_add_(0, batch, w * counts.to(dtype))
-            g = votes / n_pix * confidence_weight  # (B,): global prior, fixed from here on
-        logit_g = torch.logit(g.clamp(eps, 1 - eps))
-        bias = torch.zeros(b, 2, n + 1, dtype=dtype, device=dev)  # +-logit(g) at the constant term
-        bias[:, 0, n], bias[:, 1, n] = logit_g, -logit_g
-        bias = bias.view(b, -1)
-
-        ww0 = None if mode == "paper" else torch.stack((w, 1 - w))
-        ww = _run_em(em, q, bias, prior_q, k, n_iter, tiny, tol, ww0)  # (2, U)
-        w = ww[0]  # (U,)
-        # Unanimously empty / full stacks: p (resp. f) is unidentifiable; answer the obvious consensus exactly.
-        alone = counts == n_pix  # (U,): the pattern covers its whole stack
-        pop = bits.sum(dim=0)
-        w = torch.where(alone & (pop == 0), 0.0, w)
-        w = torch.where(alone & (pop == n), 1.0, w)
+            g, ww0 = torch.full((b,), prior, dtype=dtype, device=dev), None
+        else:  # ITK: the global prior and the initial W from the mean vote
+            w0 = bits.mean(dim=0)  # (U,)
+            votes = torch.zeros(b, dtype=dtype, device=dev).index_add_(0, batch, w0 * counts.to(dtype))
+            g, ww0 = votes / spatial.numel() * confidence_weight, torch.stack((w0, 1 - w0))  # g: (B,)
+        ww = _run_em(em, q, _prior_bias(g, n, eps), k * q[:1], k, n_iter, tiny, tol, ww0)  # (2, U)
+        w = _unanimous_consensus(ww[0], bits, counts, spatial.numel())
         return w.index_select(0, inverse).view(b, *spatial)
+
+
+def _resolve_schedule(masks_bn: Tensor, mode: str, iterations: int | None,
+                      pseudocount: float | None) -> tuple[int, float]:
+    """(EM iterations, pseudocount k) of a mode, after checking the arguments."""
+    if mode not in _DEFAULT_ITERATIONS:
+        raise ValueError(f"mode must be 'paper' or 'itk', got {mode!r}")
+    if masks_bn.dim() < 3:
+        raise ValueError(f"expected (B, N, *spatial), got shape {tuple(masks_bn.shape)}")
+    n_iter = _DEFAULT_ITERATIONS[mode] if iterations is None else int(iterations)
+    if n_iter < 1:
+        raise ValueError("iterations must be >= 1")
+    return n_iter, (1.0 if mode == "paper" else 0.0) if pseudocount is None else float(pseudocount)
+
+
+def _prior_bias(g: Tensor, n: int, eps: float) -> Tensor:
+    """(B, 2 * (N + 1)): +-logit(g) of the global prior g (B,) at the E-step's constant term."""
+    logit_g = torch.logit(g.clamp(eps, 1 - eps))
+    bias = torch.zeros(g.shape[0], 2, n + 1, dtype=g.dtype, device=g.device)
+    bias[:, 0, n], bias[:, 1, n] = logit_g, -logit_g
+    return bias.view(g.shape[0], -1)
+
+
+def _unanimous_consensus(w: Tensor, bits: Tensor, counts: Tensor, n_pix: int) -> Tensor:
+    """Unanimously empty / full stacks leave p (resp. f) unidentifiable: answer the obvious consensus
+    exactly. w, counts: (U,) per vote pattern; bits: (N, U)."""
+    alone = counts == n_pix  # (U,): the pattern covers its whole stack
+    pop = bits.sum(dim=0)
+    w = torch.where(alone & (pop == 0), 0.0, w)
+    return torch.where(alone & (pop == bits.shape[0]), 1.0, w)
 
 
 def staple(masks: Tensor, **kwargs) -> Tensor:
