@@ -8,13 +8,13 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.network import UniSegDiffSettings
 from nnunet_unisegdiff.model.plans import tiny_plans
 from nnunet_unisegdiff.model.settings import PIPELINES, settings_from_dict, settings_to_dict
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
-TRAINED = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=SamplerConfig(draws_per_branch=2, dr_head="eps"),
+TRAINED = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2, dr_head="eps"),
                              staple_pseudo_pixels=0.05, seed=7, pipeline="diffusion+cfenet")
 
 
@@ -40,13 +40,13 @@ def test_recorded_settings_win_over_changed_class_defaults(monkeypatch):
     expected = trained(x)
     checkpoint = trained.state_dict()
     # the code's defaults change after training (another pipeline, seed, decoder and prior)
-    today = replace(TRAINED, sampler=SamplerConfig(draws_per_branch=2), staple_pseudo_pixels=0.5, seed=3,
+    today = replace(TRAINED, sampler=StagedPlan(draws_per_branch=2), staple_pseudo_pixels=0.5, seed=3,
                     pipeline="paper")
     loaded = _build(monkeypatch, today, seed=2)
     assert not torch.equal(loaded(x), expected)  # the class defaults alone would predict differently
     loaded.load_state_dict(checkpoint)
     assert loaded.settings == TRAINED
-    assert loaded.sampler.config == TRAINED.sampler
+    assert loaded.sampler.plan == TRAINED.sampler
     assert torch.equal(loaded(x), expected)
 
 

@@ -51,7 +51,7 @@ def test_every_trainer_builds_its_network_from_the_plan(cls, plan_2d):
         assert net(x).shape == (2, 2, *cfg.patch_size)
         return
     assert isinstance(net, UniSegDiffNetwork)
-    assert net.settings == cls.unisegdiff and net.sampler.config == cls.unisegdiff.sampler
+    assert net.settings == cls.unisegdiff and net.sampler.plan == cls.unisegdiff.sampler
     assert any(net.dnet.uses_dca) == cls.unisegdiff.use_dca
     x_t = torch.randn(2, 2, *cfg.patch_size)
     with torch.no_grad():
