@@ -28,7 +28,7 @@ os.environ.setdefault("nnUNet_compile", "0")  # before nnU-Net is imported
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig  # noqa: E402
+from nnunet_unisegdiff.diffusion.sampling_plans import SamplingPlan, StagedPlan  # noqa: E402
 from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSettings, build_unisegdiff_network  # noqa: E402
 from nnunet_unisegdiff.model.plans import nnunet_features, unet_plans  # noqa: E402
 
@@ -52,14 +52,14 @@ def nnunet_plan(patch: Sequence[int], features: Sequence[int] | None = None, bat
 
 
 def build_net(patch: Sequence[int], width: float = 1.0, in_ch: int = 3, classes: int = 2,
-              sampler: SamplerConfig | None = None, features: Sequence[int] | None = None,
+              sampler: SamplingPlan | None = None, features: Sequence[int] | None = None,
               deep_supervision: bool = False, seed: int = 0, device: str | torch.device = "cpu",
               **settings) -> UniSegDiffNetwork:
     """Randomly initialised composite (cost does not depend on weights), eval mode, DNet 'trained'."""
     pm, cm = nnunet_plan(patch, features)
     torch.manual_seed(seed)
     net = build_unisegdiff_network(pm, cm, in_ch, classes, deep_supervision,
-                                   UniSegDiffSettings(dnet_width=width, sampler=sampler or SamplerConfig(),
+                                   UniSegDiffSettings(dnet_width=width, sampler=sampler or StagedPlan(),
                                                       **settings))
     net.dnet_trained.fill_(True)
     return net.to(device).eval()

@@ -5,11 +5,11 @@ CLI): CFENet (the nnU-Net-planned UNet) is trained once, briefly, with nnU-Net's
 DNet is trained from the same initial weights, on the same batches with the same noise, for the same
 number of steps, once per objective, each evaluated with its own sampling plan:
 
-| objective      | `StagedObjective(mode=)` | sampling                                         |
-| staged         | staged                   | staged plan: 12 calls, 20 masks, STAPLE          |
-| uniform-eps    | uniform-eps              | DDIM `--ddim-steps` (100), eps prediction         |
-| uniform-x0     | uniform-x0               | DDIM `--ddim-steps` (100), x0 prediction          |
-| one-step       | one-step                 | one x0 call from pure noise                       |
+| objective      | type                  | sampling                                                     |
+| staged         | `StagedObjective`     | `StagedPlan`: 12 calls, 20 masks, STAPLE                     |
+| uniform-eps    | `UniformEpsObjective` | `DDIMPlan`: `--ddim-steps` (100), eps prediction             |
+| uniform-x0     | `UniformX0Objective`  | `DDIMPlan`: `--ddim-steps` (100), x0 prediction              |
+| one-step       | `OneStepObjective`    | `OneStepPlan`: one x0 call from pure noise                   |
 
 (`--draws` parallel samples for the non-staged plans, STAPLE-fused when > 1.) Dice: foreground Dice
 per held-out case (a case whose prediction and label are both empty scores 1), averaged. Reported:
@@ -41,8 +41,10 @@ from _common import (
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
-from nnunet_unisegdiff.diffusion.staged import MODES, StagedObjective, phase_b_loss
+from nnunet_unisegdiff.diffusion.ablations import OBJECTIVES
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan, SamplingPlan, StagedPlan
+from nnunet_unisegdiff.diffusion.staged import phase_b_loss
 from nnunet_unisegdiff.training.losses import segmentation_loss
 
 
@@ -76,13 +78,13 @@ def dice_per_case(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return out
 
 
-def sampler_for(mode: str, args) -> SamplerConfig:
+def sampler_for(mode: str, args) -> SamplingPlan:
+    """The plan an objective (an OBJECTIVES kind) is sampled with."""
     if mode == "staged":
-        return SamplerConfig(plan="staged")
+        return StagedPlan()
     if mode == "one-step":
-        return SamplerConfig(plan="one-step", draws_per_branch=args.draws)
-    return SamplerConfig(plan="ddim", ddim_steps=args.ddim_steps, draws_per_branch=args.draws,
-                         ddim_prediction="eps" if mode == "uniform-eps" else "x0")
+        return OneStepPlan(samples=args.draws)
+    return DDIMPlan(samples=args.draws, steps=args.ddim_steps, prediction="eps" if mode == "uniform-eps" else "x0")
 
 
 @torch.no_grad()
@@ -131,7 +133,7 @@ def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -
     net.set_trainable("B")
     net.train()
     opt = torch.optim.AdamW(net.dnet.parameters(), args.lr, weight_decay=1e-2)
-    objective = StagedObjective(mode=mode)
+    objective = OBJECTIVES[mode]()
     seg_loss = segmentation_loss()
     ac = objective.diffusion.alphas_cumprod().to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed + 2)
@@ -180,7 +182,7 @@ def main() -> None:
     ap.add_argument("--ddim-steps", type=int, default=100)
     ap.add_argument("--draws", type=int, default=1, help="parallel samples of the non-staged plans")
     ap.add_argument("--eval-batch", type=int, default=16)
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--modes", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     apply_smoke(args, "convergence", size=32, features=[8, 16, 32], train_cases=4, test_cases=2, batch_size=2,
@@ -226,12 +228,14 @@ def main() -> None:
                rows, args.json)
 
 
-def _sampling_label(cfg: SamplerConfig) -> str:
-    if cfg.plan == "staged":
-        return "staged 12 calls, 20 masks, STAPLE"
-    if cfg.plan == "one-step":
-        return f"one-step x{cfg.draws_per_branch}"
-    return f"DDIM-{cfg.ddim_steps} {cfg.ddim_prediction} x{cfg.draws_per_branch}"
+def _sampling_label(plan: SamplingPlan) -> str:
+    match plan:
+        case StagedPlan():
+            return "staged 12 calls, 20 masks, STAPLE"
+        case OneStepPlan():
+            return f"one-step x{plan.samples}"
+        case DDIMPlan():
+            return f"DDIM-{plan.steps} {plan.prediction} x{plan.samples}"
 
 
 if __name__ == "__main__":

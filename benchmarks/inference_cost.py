@@ -38,21 +38,21 @@ from _common import (
 )
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, SamplingPlan, StagedPlan
 
 DEFAULT_CONFIGS = ["2d-256-w1.0", "2d-256-w0.25", "3d-32-w0.25"]
 
 
-def plan_config(name: str) -> SamplerConfig:
+def plan_config(name: str) -> SamplingPlan:
     """'staged', 'ddim<steps>x<draws>' or 'ddpm<steps>x<draws>'."""
     if name == "staged":
-        return SamplerConfig(plan="staged")
+        return StagedPlan()
     kind, rest = name[:4], name[4:]
     steps, draws = (int(v) for v in rest.split("x"))
     if kind not in ("ddim", "ddpm"):
         raise ValueError(f"unknown plan {name!r}")
-    return SamplerConfig(plan="ddim", ddim_steps=steps, ddim_prediction="eps", draws_per_branch=draws,
-                         eta=1.0 if kind == "ddpm" else 0.0)
+    return DDIMPlan(samples=draws, steps=steps, prediction="eps", eta=1.0 if kind == "ddpm" else 0.0)
 
 
 class _Stop(Exception):
@@ -62,8 +62,8 @@ class _Stop(Exception):
 class StepBudgetSampler(StagedSampler):
     """The same sampler, but it records when each DNet call starts and stops after `limit` calls."""
 
-    def __init__(self, config: SamplerConfig, limit: int, sync) -> None:
-        super().__init__(config)
+    def __init__(self, plan: SamplingPlan, limit: int, sync) -> None:
+        super().__init__(plan)
         self.limit, self.sync, self.starts = limit, sync, []
 
     def sample(self, denoise, shape, device, generator=None):
@@ -76,15 +76,15 @@ class StepBudgetSampler(StagedSampler):
         return super().sample(counted, shape, device, generator)
 
 
-def calls_and_evaluations(cfg: SamplerConfig) -> tuple[int, int, int]:
+def calls_and_evaluations(cfg: SamplingPlan) -> tuple[int, int, int]:
     """(sequential DNet calls, sample evaluations = sum of the calls' batch sizes, masks) per image."""
-    if cfg.plan == "staged":
-        pm = len(StagedSampler(cfg).pm_timesteps())
+    if isinstance(cfg, StagedPlan):
+        pm = len(cfg.pm_timesteps())
         return 1 + pm + 1, 1 + 2 * pm + 2 * cfg.draws_per_branch, 2 * cfg.draws_per_branch
-    return cfg.ddim_steps, cfg.ddim_steps * cfg.draws_per_branch, cfg.draws_per_branch
+    return cfg.steps, cfg.steps * cfg.samples, cfg.samples
 
 
-def run_plan(net, image, cfg: SamplerConfig, measure_steps: int | None, sync) -> dict:
+def run_plan(net, image, cfg: SamplingPlan, measure_steps: int | None, sync) -> dict:
     """One timed prediction of one image; extrapolated when `measure_steps` < the plan's calls."""
     n_calls, _, n_masks = calls_and_evaluations(cfg)
     if measure_steps is None or measure_steps >= n_calls:
@@ -141,10 +141,10 @@ def main() -> None:
         per_plan: dict[str, list[dict]] = {p: [] for p in plans}
         for _ in range(args.repeats):  # round-robin over the plans: load changes hit all of them
             for p, cfg in plans.items():
-                k = None if args.full else (args.measure_steps if cfg.draws_per_branch == 1 or cfg.plan == "staged"
-                                            else args.measure_steps_ensemble)
-                if cfg.plan == "staged":
+                if args.full or isinstance(cfg, StagedPlan):
                     k = None
+                else:
+                    k = args.measure_steps if cfg.samples == 1 else args.measure_steps_ensemble
                 per_plan[p].append(run_plan(net, image, cfg, k, sync))
         base = median([r["seconds"] for r in per_plan["staged"]]) if "staged" in per_plan else float("nan")
         for p, cfg in plans.items():

@@ -41,15 +41,15 @@ TARGET = 1.15
 
 def dnet_inputs(net, image: torch.Tensor, cond: list[torch.Tensor]) -> list[tuple]:
     """(label, x_t, t, cond) of the staged plan's 12 DNet calls, for one image."""
-    sampler, c = net.sampler, net.sampler.config
+    c = net.sampler.plan
     dev, shape = image.device, (net.num_classes, *image.shape[2:])
     rep = {k: [f.repeat(k, *[1] * (f.ndim - 1)) for f in cond] for k in (1, 2, 2 * c.draws_per_branch)}
     g = torch.Generator(device=dev).manual_seed(0)
 
     def call(label, k, t):
         return label, torch.randn((k, *shape), device=dev, generator=g), torch.full((k,), t, device=dev), rep[k]
-    calls = [call("RS b1", 1, c.num_timesteps - 1)]
-    calls += [call(f"PM b2 t={t}", 2, t) for t in sampler.pm_timesteps()]
+    calls = [call("RS b1", 1, c.diffusion.num_timesteps - 1)]
+    calls += [call(f"PM b2 t={t}", 2, t) for t in c.pm_timesteps()]
     calls.append(call(f"DR b{2 * c.draws_per_branch}", 2 * c.draws_per_branch, 0))
     return calls
 

@@ -32,7 +32,8 @@ from _common import (
 )
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def main() -> None:
 
         def run_with(draws):
             def fn():
-                net.sampler = StagedSampler(SamplerConfig(draws_per_branch=draws))
+                net.sampler = StagedSampler(StagedPlan(draws_per_branch=draws))
                 return net.predict_probabilities(image)
             return fn
         fns = {m: run_with(m // 2) for m in args.masks}

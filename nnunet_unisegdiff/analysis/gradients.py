@@ -56,7 +56,7 @@ def run(model_dir: Path | None, out_dir: Path, *, fold: int = 0, checkpoint: str
 
     dev = torch.device(device)
     network = network.to(dev)
-    timesteps = timestep_grid(num_timesteps, network.sampler.config.num_timesteps)
+    timesteps = timestep_grid(num_timesteps, network.sampler.plan.diffusion.num_timesteps)
     profile = gradient_profile(network, torch.from_numpy(images).to(dev), torch.from_numpy(labels).to(dev),
                                seg_loss, timesteps, repeats=repeats, seed=seed,
                                staged_objective=getattr(trainer_cls, "objective", None))

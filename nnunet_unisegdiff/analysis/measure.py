@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from nnunet_unisegdiff.diffusion.ablations import UniformEpsObjective, UniformX0Objective
 from nnunet_unisegdiff.diffusion.staged import StagedObjective, phase_b_loss
 
 OBJECTIVE_LABELS = {"eps": "eps target (uniform t)", "x0": "x0 target (uniform t)",
@@ -14,10 +15,10 @@ OBJECTIVE_LABELS = {"eps": "eps target (uniform t)", "x0": "x0 target (uniform t
 
 
 def objectives(staged=None) -> dict:
-    """The three objectives compared, as `StagedObjective`s (the staged one may be a trainer's)."""
-    staged = staged if staged is not None and staged.mode == "staged" else StagedObjective()
-    return {"eps": StagedObjective(mode="uniform-eps", diffusion=staged.diffusion),
-            "x0": StagedObjective(mode="uniform-x0", diffusion=staged.diffusion),
+    """The three objectives compared (the staged one may be a trainer's), on its diffusion settings."""
+    staged = staged if isinstance(staged, StagedObjective) else StagedObjective()
+    return {"eps": UniformEpsObjective(diffusion=staged.diffusion),
+            "x0": UniformX0Objective(diffusion=staged.diffusion),
             "staged": staged}
 
 
@@ -87,6 +88,6 @@ def gradient_profile(network, images, labels, seg_loss, timesteps: Sequence[int]
             norms.append(float(mags[:, 1].mean()))
         result[name] = {"label": OBJECTIVE_LABELS[name], "mean_abs_grad": means, "mean_abs_grad_std": stds,
                         "grad_norm": norms, "parameters": count,
-                        "objective": {"mode": objective.mode, "high": objective.high, "low": objective.low,
+                        "objective": {"mode": objective.kind, "high": objective.high, "low": objective.low,
                                       "weights": [list(w) for w in objective.weights]}}
     return {"timesteps": list(map(int, timesteps)), "objectives": result}

@@ -1,9 +1,9 @@
 """The diffusion settings training and inference must share: T, the noise schedule and the stage
 thresholds (paper section 2.2; Table 5 picks high 600 / low 300).
 
-`StagedObjective` (what DNet is trained on) and `SamplerConfig` (how it is sampled) each hold one
-`DiffusionSettings` and read T, high and low from it; the trainer refuses a pair whose settings
-differ, so DNet is never sampled in stages it was not trained on.
+The training objective (what DNet is trained on: staged.py, ablations.py) and the sampling plan (how it
+is sampled: sampling_plans.py) each hold one `DiffusionSettings` and read T, high and low from it; the
+trainer refuses a pair whose settings differ, so DNet is never sampled in stages it was not trained on.
 """
 from __future__ import annotations
 

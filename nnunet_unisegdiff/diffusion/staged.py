@@ -8,23 +8,21 @@ timestep DNet is told, and how the noise and mask losses are weighted.
 
 By default x_t is made at the *drawn* t and only the told timestep is clamped (docs/method.md): that is
 what inference does when it hands X299 to DNet with the DR timestep. `noise_at_clamped_t=True`
-selects the other reading of the paper. The ablation modes of Table 4 share the same interface.
+selects the other reading of the paper. The ablation objectives of Table 4 (ablations.py) share the
+`Objective` interface.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
 from nnunet_unisegdiff.diffusion.schedule import q_sample
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
-
-Mode = Literal["staged", "uniform-eps", "uniform-x0", "one-step"]
-MODES: tuple[Mode, ...] = ("staged", "uniform-eps", "uniform-x0", "one-step")
 
 
 class Stage(IntEnum):
@@ -42,15 +40,12 @@ class StagedTargets(NamedTuple):
 
 
 @dataclass(frozen=True)
-class StagedObjective:
-    mode: Mode = "staged"
+class Objective:
+    """What `phase_b_loss` and the trainer need of a training objective: the diffusion settings, a draw
+    of timesteps and the targets of each. The staged objective is below, the ablations of the paper's
+    Table 4 in ablations.py; `kind` names one in logs and benchmark tables."""
+    kind: ClassVar[str]
     diffusion: DiffusionSettings = DiffusionSettings()  # T and the thresholds, shared with the sampler
-    weights: tuple[tuple[float, float], ...] = ((1.0, 3.0), (1.0, 1.0), (3.0, 1.0))  # RS, PM, DR
-    noise_at_clamped_t: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
 
     @property
     def high(self) -> int:
@@ -68,31 +63,38 @@ class StagedObjective:
         """Stage of each drawn timestep t (any shape)."""
         return torch.where(t >= self.high, Stage.RS, torch.where(t >= self.low, Stage.PM, Stage.DR))
 
+    def draw(self, batch_size: int, device: torch.device | str = "cpu",
+             generator: torch.Generator | None = None) -> Tensor:
+        """t ~ U{0..T-1} per sample."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
+
+    def targets(self, t: Tensor) -> StagedTargets:
+        """Everything the loss needs for drawn timesteps t: (B,) long."""
+        raise NotImplementedError(f"{type(self).__name__} does not say what DNet is trained on")
+
+
+@dataclass(frozen=True)
+class StagedObjective(Objective):
+    """UniSegDiff's objective: the stage of the drawn t sets the told timestep and the loss weights."""
+    kind: ClassVar[str] = "staged"
+    weights: tuple[tuple[float, float], ...] = ((1.0, 3.0), (1.0, 1.0), (3.0, 1.0))  # (alpha, beta): RS, PM, DR
+    noise_at_clamped_t: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(Stage) or any(len(w) != 2 for w in self.weights):
+            raise ValueError(f"StagedObjective.weights must be one (alpha, beta) pair per stage RS, PM, DR, "
+                             f"got {self.weights!r}")
+
     def told_timestep(self, t: Tensor, stage: Tensor) -> Tensor:
         """999 in RS, t in PM, 0 in DR."""
         top = torch.full_like(t, self.num_timesteps - 1)
         return torch.where(stage == Stage.RS, top, torch.where(stage == Stage.DR, torch.zeros_like(t), t))
 
-    def draw(self, batch_size: int, device: torch.device | str = "cpu",
-             generator: torch.Generator | None = None) -> Tensor:
-        """t ~ U{0..T-1} per sample (only 'one-step' always uses T-1)."""
-        if self.mode == "one-step":
-            return torch.full((batch_size,), self.num_timesteps - 1, device=device, dtype=torch.long)
-        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
-
     def targets(self, t: Tensor) -> StagedTargets:
-        """Everything the loss needs for drawn timesteps t: (B,) long."""
-        ones = torch.ones(t.shape, device=t.device, dtype=torch.float32)
-        if self.mode == "staged":
-            stage = self.stage_of(t)
-            told = self.told_timestep(t, stage)
-            w = torch.tensor(self.weights, device=t.device, dtype=torch.float32)[stage]  # (B, 2)
-            return StagedTargets(told if self.noise_at_clamped_t else t, told, w[:, 0], w[:, 1], stage)
         stage = self.stage_of(t)
-        if self.mode == "uniform-eps":
-            return StagedTargets(t, t, ones, 0 * ones, stage)
-        # uniform-x0 and one-step: the mask loss only
-        return StagedTargets(t, t, 0 * ones, ones, stage)
+        told = self.told_timestep(t, stage)
+        w = torch.tensor(self.weights, device=t.device, dtype=torch.float32)[stage]  # (B, 2)
+        return StagedTargets(told if self.noise_at_clamped_t else t, told, w[:, 0], w[:, 1], stage)
 
 
 def labels_to_x0(labels: Tensor, num_classes: int) -> Tensor:
@@ -123,7 +125,7 @@ def staged_loss(eps_hat: Tensor, x0_logits: Tensor, eps: Tensor, labels: Tensor,
 
 
 def phase_b_loss(denoise: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], labels: Tensor,
-                 objective: StagedObjective, seg_loss: Callable[[Tensor, Tensor], Tensor],
+                 objective: Objective, seg_loss: Callable[[Tensor, Tensor], Tensor],
                  alphas_cumprod: Tensor, num_classes: int, generator: torch.Generator | None = None, *,
                  t: Tensor | None = None, eps: Tensor | None = None) -> tuple[Tensor, dict[Stage, float]]:
     """The staged-diffusion training loss of one batch: draw t (unless given), noise the clean mask

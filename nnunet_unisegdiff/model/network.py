@@ -27,13 +27,12 @@ from nnunet_unisegdiff.model.cfenet import CFENetTap
 from nnunet_unisegdiff.model.denoiser import Denoiser
 from nnunet_unisegdiff.model.dnet import DNet
 from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
-from nnunet_unisegdiff.model.settings import (ARCHITECTURE_FIELDS, UniSegDiffSettings, settings_from_dict,
-                                              settings_to_dict)
+from nnunet_unisegdiff.model.settings import (ARCHITECTURE_FIELDS, SETTINGS_FORMAT, UniSegDiffSettings,
+                                              settings_from_dict, settings_to_dict)
 
 __all__ = ["UniSegDiffNetwork", "UniSegDiffSettings", "build_unisegdiff_network"]
 log = logging.getLogger("nnunet_unisegdiff")
 EXTRA_STATE_KEY = "_extra_state"  # torch's key for get_extra_state(); holds the settings record
-SETTINGS_FORMAT = 1
 
 
 class UniSegDiffNetwork(nn.Module):
@@ -130,10 +129,7 @@ class UniSegDiffNetwork(nn.Module):
         return {"format": SETTINGS_FORMAT, "settings": settings_to_dict(self.settings)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        if state.get("format") != SETTINGS_FORMAT:
-            raise ValueError(f"UniSegDiff settings record of format {state.get('format')}, this version reads "
-                             f"format {SETTINGS_FORMAT}")
-        self.set_settings(settings_from_dict(state["settings"]))
+        self.set_settings(settings_from_dict(state["settings"], state.get("format")))
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         if EXTRA_STATE_KEY not in state_dict:

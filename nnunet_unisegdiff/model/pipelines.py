@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import OneStepPlan, StagedPlan
 from nnunet_unisegdiff.model.settings import PIPELINES
 
-PAPER_SAMPLER = SamplerConfig(clamp_x0=False, dr_head="eps")  # with the network's diffusion settings
+PAPER_SAMPLER = StagedPlan(clamp_x0=False, dr_head="eps")  # with the network's diffusion settings
 PAPER_PSEUDO_PIXELS = None  # STAPLE's prior as the paper reads: one pseudo-pixel
 DNET_PIPELINES = tuple(p for p in PIPELINES if p != "cfenet")
 
@@ -41,7 +42,7 @@ def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str
     if "cfenet" in names:
         out["cfenet"] = softmax
     if "rs" in names:
-        one_step = StagedSampler(SamplerConfig(plan="one-step", draws_per_branch=1, diffusion=s.sampler.diffusion))
+        one_step = StagedSampler(OneStepPlan(samples=1, diffusion=s.sampler.diffusion))
         out["rs"] = net.sample(image, one_step, cond).probs[:, 0]
     if "diffusion" in names or "diffusion+cfenet" in names:
         masks = net.sample(image, cond=cond).masks  # (B, N, *spatial)

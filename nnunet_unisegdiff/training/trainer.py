@@ -200,7 +200,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     # ---- epochs ----------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         if self.phase == "A" and self.current_epoch >= self.num_epochs_cfenet:
-            self.print_to_log_file(PHASE_B_START.format(epoch=self.current_epoch, mode=self.objective.mode))
+            self.print_to_log_file(PHASE_B_START.format(epoch=self.current_epoch, mode=self.objective.kind))
             self._enter_phase("B")
             self._best_ema = None  # checkpoint_best is chosen within phase B
         super().on_train_epoch_start()

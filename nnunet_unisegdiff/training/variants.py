@@ -6,8 +6,8 @@ from dataclasses import replace
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
-from nnunet_unisegdiff.diffusion.staged import StagedObjective
+from nnunet_unisegdiff.diffusion.ablations import OneStepObjective, UniformEpsObjective, UniformX0Objective
+from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan
 from nnunet_unisegdiff.model.pipelines import PAPER_PSEUDO_PIXELS, PAPER_SAMPLER
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
@@ -60,22 +60,20 @@ class _Ablation(nnUNetTrainerUniSegDiff):
 
 class nnUNetTrainerUniSegDiffUniformEps(_Ablation):
     """Plain eps-prediction diffusion, sampled with DDIM-100."""
-    objective = StagedObjective(mode="uniform-eps")
-    unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="ddim", ddim_steps=100, ddim_prediction="eps",
-                                                      draws_per_branch=20))
+    objective = UniformEpsObjective()
+    unisegdiff = replace(_BASE, sampler=DDIMPlan(samples=20, steps=100, prediction="eps"))
 
 
 class nnUNetTrainerUniSegDiffUniformX0(_Ablation):
     """Plain x0-prediction diffusion, sampled with DDIM-100."""
-    objective = StagedObjective(mode="uniform-x0")
-    unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="ddim", ddim_steps=100, ddim_prediction="x0",
-                                                      draws_per_branch=20))
+    objective = UniformX0Objective()
+    unisegdiff = replace(_BASE, sampler=DDIMPlan(samples=20, steps=100, prediction="x0"))
 
 
 class nnUNetTrainerUniSegDiffOneStep(_Ablation):
     """x0 from pure noise in one call (SDSeg-style), trained at t = 999 only."""
-    objective = StagedObjective(mode="one-step")
-    unisegdiff = replace(_BASE, sampler=SamplerConfig(plan="one-step", draws_per_branch=20))
+    objective = OneStepObjective()
+    unisegdiff = replace(_BASE, sampler=OneStepPlan(samples=20))
 
 
 class nnUNetTrainerUniSegDiffNoDCA(_Ablation):

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan, StagedPlan
 from nnunet_unisegdiff.diffusion.schedule import linear_alphas_cumprod, split_prediction
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 
@@ -27,7 +28,7 @@ class Oracle:
         k = x_t.shape[0] // self.x0.shape[0]
         x0 = self.x0.repeat(k, 1, 1, 1)
         self.calls.append((x_t.shape[0], told.tolist()))
-        real_t = {999: 999, 0: self.sampler.config.low - 1}.get(int(told[0]), int(told[0]))
+        real_t = {999: 999, 0: self.sampler.plan.diffusion.low - 1}.get(int(told[0]), int(told[0]))
         _, eps = split_prediction(x_t, torch.full((x_t.shape[0],), real_t), x0, "x0", AB)
         return eps, 20 * x0
 
@@ -54,10 +55,10 @@ def test_fresh_renoising_makes_draws_differ_and_none_makes_them_identical(head):
     def noisy(x_t, told):  # both heads follow the input: draws differ only through re-noising
         return torch.zeros_like(x_t), x_t
 
-    fresh = StagedSampler(SamplerConfig(renoise="fresh", dr_head=head)).sample(noisy, x0.shape, "cpu",
-                                                                 torch.Generator().manual_seed(0))
-    same = StagedSampler(SamplerConfig(renoise="none", dr_head=head)).sample(noisy, x0.shape, "cpu",
-                                                               torch.Generator().manual_seed(0))
+    fresh = StagedSampler(StagedPlan(renoise="fresh", dr_head=head)).sample(noisy, x0.shape, "cpu",
+                                                              torch.Generator().manual_seed(0))
+    same = StagedSampler(StagedPlan(renoise="none", dr_head=head)).sample(noisy, x0.shape, "cpu",
+                                                            torch.Generator().manual_seed(0))
     assert len({m.numpy().tobytes() for m in fresh.masks[0]}) > 2
     assert len({m.numpy().tobytes() for m in same.masks[0, :10]}) == 1  # x0 branch: one mask 10 times
 
@@ -75,26 +76,26 @@ def test_seeded_sampling_is_reproducible():
     assert torch.equal(a.masks, b.masks) and not torch.equal(a.probs, c.probs)
 
 
-@pytest.mark.parametrize("config, calls, told0", [
-    (SamplerConfig(plan="ddim", ddim_steps=10, draws_per_branch=3), 10, 999),
-    (SamplerConfig(plan="ddim", ddim_steps=10, ddim_prediction="x0", draws_per_branch=1), 10, 999),
-    (SamplerConfig(plan="one-step", draws_per_branch=4), 1, 999),
+@pytest.mark.parametrize("plan, calls, told0", [
+    (DDIMPlan(steps=10, samples=3), 10, 999),
+    (DDIMPlan(steps=10, prediction="x0", samples=1), 10, 999),
+    (OneStepPlan(samples=4), 1, 999),
 ])
-def test_reference_plans_recover_the_mask_with_an_oracle(config, calls, told0):
+def test_reference_plans_recover_the_mask_with_an_oracle(plan, calls, told0):
     labels, x0 = _truth(b=1)
-    sampler = StagedSampler(config)
+    sampler = StagedSampler(plan)
     oracle = Oracle(x0, sampler)
     result = sampler.sample(oracle, x0.shape, "cpu", torch.Generator().manual_seed(0))
     assert result.calls == calls and oracle.calls[0][1][0] == told0
-    assert result.masks.shape[1] == config.draws_per_branch
+    assert result.masks.shape[1] == plan.samples
     assert torch.equal(result.masks[0, 0], labels[0])
 
 
 def test_pm_schedule_follows_thresholds_and_interval():
-    config = SamplerConfig(diffusion=DiffusionSettings(high=800, low=200), interval=100)
-    assert StagedSampler(config).pm_timesteps() == [799, 699, 599, 499, 399, 299]
+    plan = StagedPlan(diffusion=DiffusionSettings(high=800, low=200), interval=100)
+    assert plan.pm_timesteps() == [799, 699, 599, 499, 399, 299]
     with pytest.raises(ValueError, match="renoise"):
-        SamplerConfig(renoise="magic")
+        StagedPlan(renoise="magic")
 
 
 def _implied_x0(x_t, x_prev, t, t_prev):
@@ -113,9 +114,9 @@ def test_clamp_keeps_the_pm_clean_estimates_in_the_mask_range(clamp):
         inputs.append(x_t.clone())
         return torch.full_like(x_t, -2.0), torch.zeros_like(x_t)
 
-    sampler = StagedSampler(SamplerConfig(clamp_x0=clamp))
+    sampler = StagedSampler(StagedPlan(clamp_x0=clamp))
     sampler.sample(overshooting, x0.shape, "cpu", torch.Generator().manual_seed(0))
-    pm = sampler.pm_timesteps()  # 599, 569, ..., 329
+    pm = sampler.plan.pm_timesteps()  # 599, 569, ..., 329
     eps_states = [x[1:] for x in inputs[1:1 + len(pm)]]  # the eps branch's input to every PM call
     implied = torch.stack([_implied_x0(eps_states[i], eps_states[i + 1], pm[i], pm[i + 1])
                            for i in range(len(pm) - 1)])
@@ -133,18 +134,18 @@ def test_dr_head_picks_the_decoder_each_draw_comes_from(head):
     def x0_right_eps_wrong(x_t, told):  # the x0 decoder knows the mask, the eps decoder is noise
         return 3 * torch.randn_like(x_t), 20 * x0.repeat(x_t.shape[0], 1, 1, 1)
 
-    result = StagedSampler(SamplerConfig(dr_head=head)).sample(x0_right_eps_wrong, x0.shape, "cpu",
-                                                               torch.Generator().manual_seed(0))
+    result = StagedSampler(StagedPlan(dr_head=head)).sample(x0_right_eps_wrong, x0.shape, "cpu",
+                                                            torch.Generator().manual_seed(0))
     exact = (result.masks[0] == labels[0]).flatten(1).all(1)  # (20,) draws equal to the mask
     assert exact.all() if head == "x0" else not exact.any()
     with pytest.raises(ValueError, match="dr_head"):
-        SamplerConfig(dr_head="both")
+        StagedPlan(dr_head="both")
 
 
 @pytest.mark.parametrize("head", ["x0", "eps"])
 def test_short_plan_is_rs_then_one_dr_call_from_the_chosen_decoder(head):
     labels, x0 = _truth(b=2)
-    sampler = StagedSampler(SamplerConfig(dr_head=head))
+    sampler = StagedSampler(StagedPlan(dr_head=head))
     oracle = Oracle(x0, sampler)
 
     def x0_inverted_at_dr(x_t, told):  # true eps; the x0 decoder is right at RS, inverted at DR

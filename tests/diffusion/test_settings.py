@@ -3,7 +3,8 @@ training objective and the sampler."""
 import pytest
 import torch
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.diffusion.schedule import linear_alphas_cumprod
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.diffusion.staged import StagedObjective
@@ -11,11 +12,10 @@ from nnunet_unisegdiff.diffusion.staged import StagedObjective
 
 def test_objective_and_sampler_read_t_and_the_thresholds_from_their_settings():
     settings = DiffusionSettings(num_timesteps=500, high=400, low=100)
-    objective, config = StagedObjective(diffusion=settings), SamplerConfig(diffusion=settings)
-    for holder in (objective, config):
-        assert (holder.num_timesteps, holder.high, holder.low) == (500, 400, 100)
-    assert StagedObjective().diffusion == SamplerConfig().diffusion == DiffusionSettings()
-    assert StagedSampler(config).pm_timesteps()[0] == 399 and objective.told_timestep(
+    objective, plan = StagedObjective(diffusion=settings), StagedPlan(diffusion=settings)
+    assert (objective.num_timesteps, objective.high, objective.low) == (500, 400, 100)
+    assert StagedObjective().diffusion == StagedPlan().diffusion == DiffusionSettings()
+    assert plan.pm_timesteps()[0] == 399 and objective.told_timestep(
         torch.tensor([450]), objective.stage_of(torch.tensor([450]))).item() == 499
 
 

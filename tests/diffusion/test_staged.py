@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from nnunet_unisegdiff.diffusion.ablations import OneStepObjective, UniformEpsObjective, UniformX0Objective
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective
 
@@ -26,19 +27,23 @@ def test_thresholds_are_configurable_and_validated():
     assert obj.stage_of(torch.tensor([800, 799, 200, 199])).tolist() == [0, 1, 1, 2]
     with pytest.raises(ValueError, match="low < high"):
         DiffusionSettings(high=300, low=600)
-    with pytest.raises(ValueError, match="mode"):
-        StagedObjective(mode="magic")
+    with pytest.raises(ValueError, match="weights"):
+        StagedObjective(weights=((1.0, 3.0), (1.0, 1.0)))
 
 
-@pytest.mark.parametrize("mode, alpha, beta", [("uniform-eps", 1, 0), ("uniform-x0", 0, 1), ("one-step", 0, 1)])
-def test_ablation_modes_tell_the_true_timestep_and_weight_one_loss(mode, alpha, beta):
-    obj = StagedObjective(mode=mode)
+@pytest.mark.parametrize("cls, alpha, beta", [(UniformEpsObjective, 1, 0), (UniformX0Objective, 0, 1),
+                                               (OneStepObjective, 0, 1)])
+def test_ablation_objectives_tell_the_true_timestep_and_weight_one_loss(cls, alpha, beta):
+    obj = cls()
     t = obj.draw(64, generator=torch.Generator().manual_seed(0))
     tg = obj.targets(t)
     assert torch.equal(tg.t_net, t) and torch.equal(tg.t_noise, t)
     assert set(tg.alpha.tolist()) == {alpha} and set(tg.beta.tolist()) == {beta}
-    if mode == "one-step":
+    assert obj.weights == ((alpha, beta),) * 3
+    if cls is OneStepObjective:
         assert set(t.tolist()) == {999}
+    else:
+        assert t.min() < 300 and t.max() >= 600  # uniform over all stages
 
 
 def test_draw_is_uniform_over_all_timesteps():

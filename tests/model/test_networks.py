@@ -4,13 +4,13 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.dnet import DNet
 from nnunet_unisegdiff.model.injection import DualCrossAttention, FeatureFusion
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
 from nnunet_unisegdiff.model.plans import tiny_plans
 
-SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=SamplerConfig(draws_per_branch=2))
+SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2))
 
 
 def _net(plans, cfg, ds=False, settings=SMALL, in_ch=3, classes=2):

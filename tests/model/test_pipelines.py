@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
 from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, pipeline_probabilities
 from nnunet_unisegdiff.model.settings import PIPELINES
 
-SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=SamplerConfig(draws_per_branch=2))
+SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2))
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
 """Inference settings travel with the weights: a state dict records sampler, fusion, STAPLE prior, seed
 and pipeline, and a network built with other class defaults predicts as the recorded one did; a state
-dict saved before the record existed still loads and predicts with the class's settings."""
+dict saved before the record existed still loads and predicts with the class's settings, and one of
+record format 1 (the sampler as one flat dict of every plan's fields) predicts as the plan it ran."""
+import copy
+import json
 import logging
 from dataclasses import replace
 
@@ -8,13 +11,14 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan, StagedPlan
+from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.model.network import UniSegDiffSettings
 from nnunet_unisegdiff.model.plans import tiny_plans
-from nnunet_unisegdiff.model.settings import PIPELINES, settings_from_dict, settings_to_dict
+from nnunet_unisegdiff.model.settings import PIPELINES, SETTINGS_FORMAT, settings_from_dict, settings_to_dict
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
-TRAINED = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=SamplerConfig(draws_per_branch=2, dr_head="eps"),
+TRAINED = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2, dr_head="eps"),
                              staple_pseudo_pixels=0.05, seed=7, pipeline="diffusion+cfenet")
 
 
@@ -40,13 +44,13 @@ def test_recorded_settings_win_over_changed_class_defaults(monkeypatch):
     expected = trained(x)
     checkpoint = trained.state_dict()
     # the code's defaults change after training (another pipeline, seed, decoder and prior)
-    today = replace(TRAINED, sampler=SamplerConfig(draws_per_branch=2), staple_pseudo_pixels=0.5, seed=3,
+    today = replace(TRAINED, sampler=StagedPlan(draws_per_branch=2), staple_pseudo_pixels=0.5, seed=3,
                     pipeline="paper")
     loaded = _build(monkeypatch, today, seed=2)
     assert not torch.equal(loaded(x), expected)  # the class defaults alone would predict differently
     loaded.load_state_dict(checkpoint)
     assert loaded.settings == TRAINED
-    assert loaded.sampler.config == TRAINED.sampler
+    assert loaded.sampler.plan == TRAINED.sampler
     assert torch.equal(loaded(x), expected)
 
 
@@ -77,3 +81,90 @@ def test_a_record_with_unknown_or_missing_fields_is_refused():
     del missing["seed"]
     with pytest.raises(ValueError, match="missing \\['seed'\\]"):
         settings_from_dict(missing)
+
+
+PLAN_OF_EACH_KIND = [StagedPlan(draws_per_branch=3, renoise="none", clamp_x0=False, interval=50,
+                                diffusion=DiffusionSettings(high=700, low=200)),
+                     DDIMPlan(samples=3, steps=4, prediction="x0", eta=0.5),
+                     OneStepPlan(samples=4, diffusion=DiffusionSettings(num_timesteps=500, high=400, low=100))]
+
+
+@pytest.mark.parametrize("plan", PLAN_OF_EACH_KIND, ids=lambda p: p.kind)
+def test_a_record_of_each_plan_kind_names_the_kind_and_round_trips(plan):
+    settings = replace(TRAINED, sampler=plan)
+    record = settings_to_dict(settings)
+    assert record["sampler"] == {"kind": plan.kind, **{k: v for k, v in vars(plan).items() if k != "diffusion"},
+                                 "diffusion": vars(plan.diffusion)}
+    assert json.loads(json.dumps(record)) == record  # plain numbers and strings
+    assert settings_from_dict(record) == settings
+
+
+def test_networks_write_records_of_format_2_that_name_the_plan_kind(monkeypatch):
+    state = _build(monkeypatch, TRAINED).get_extra_state()
+    assert state["format"] == SETTINGS_FORMAT == 2 and state["settings"]["sampler"]["kind"] == "staged"
+
+
+# A format-1 record exactly as the code before format 2 wrote it for TRAINED (SamplerConfig as one flat dict)
+FORMAT_1_TRAINED = {
+    "dnet_width": 0.5, "token_budget": 64, "use_dca": True,
+    "sampler": {"plan": "staged", "draws_per_branch": 2, "interval": 30,
+                "diffusion": {"num_timesteps": 1000, "high": 600, "low": 300, "beta_start": 0.0001, "beta_end": 0.02},
+                "renoise": "fresh", "clamp_x0": True, "dr_head": "eps", "ddim_steps": 100, "ddim_prediction": "eps",
+                "eta": 0.0},
+    "fusion": "staple", "staple_pseudo_pixels": 0.05, "seed": 7, "pipeline": "diffusion+cfenet"}
+
+
+@pytest.mark.parametrize("old_sampler, plan", [
+    ({}, TRAINED.sampler),
+    ({"plan": "ddim", "draws_per_branch": 3, "ddim_steps": 4, "ddim_prediction": "x0", "eta": 0.5},
+     DDIMPlan(samples=3, steps=4, prediction="x0", eta=0.5)),
+    ({"plan": "one-step", "draws_per_branch": 4}, OneStepPlan(samples=4)),
+], ids=["staged", "ddim", "one-step"])
+def test_a_format_1_record_loads_as_the_plan_it_ran_and_predicts_bit_identically(monkeypatch, old_sampler, plan):
+    equivalent = replace(TRAINED, sampler=plan)
+    reference = _build(monkeypatch, equivalent, seed=1)
+    x = torch.randn(1, 3, 32, 32)
+    expected = reference(x)
+    checkpoint = reference.state_dict()
+    old = copy.deepcopy(FORMAT_1_TRAINED)
+    old["sampler"].update(old_sampler)
+    checkpoint["_extra_state"] = {"format": 1, "settings": old}
+    loaded = _build(monkeypatch, replace(TRAINED, sampler=StagedPlan(), seed=3, pipeline="paper"), seed=2)
+    loaded.load_state_dict(checkpoint)
+    assert loaded.settings == equivalent and loaded.sampler.plan == plan
+    assert torch.equal(loaded(x), expected)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("seed"), "UniSegDiff settings .* missing \\['seed'\\]"),
+    (lambda r: r["sampler"].update(temperature=1.0), "format-1 sampler .* unknown \\['temperature'\\], missing \\[\\]"),
+    (lambda r: r["sampler"].pop("ddim_steps"), "format-1 sampler .* missing \\['ddim_steps'\\]"),
+    (lambda r: r["sampler"]["diffusion"].pop("beta_end"), "diffusion settings .* missing \\['beta_end'\\]"),
+    (lambda r: r["sampler"].update(plan="ddpm"), "unknown plan 'ddpm'"),
+])
+def test_a_format_1_record_with_other_fields_is_refused_with_the_field_named(change, message):
+    old = copy.deepcopy(FORMAT_1_TRAINED)
+    change(old)
+    with pytest.raises(ValueError, match=message):
+        settings_from_dict(old, 1)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update(draws_per_branch=2), "ddim sampling plan .* unknown \\['draws_per_branch'\\]"),
+    (lambda s: s.pop("eta"), "ddim sampling plan .* missing \\['eta'\\]"),
+    (lambda s: s["diffusion"].update(schedule="cosine"), "diffusion settings .* unknown \\['schedule'\\]"),
+    (lambda s: s.update(kind="ddpm"), "unknown kind 'ddpm'; this version knows staged, ddim, one-step"),
+    (lambda s: s.pop("kind"), "unknown kind None"),
+    (lambda s: s.update(steps=0), "DDIMPlan.steps must be a positive integer"),
+])
+def test_a_format_2_plan_record_with_other_fields_is_refused_with_the_field_named(change, message):
+    record = settings_to_dict(replace(TRAINED, sampler=DDIMPlan()))
+    change(record["sampler"])
+    with pytest.raises(ValueError, match=message):
+        settings_from_dict(record)
+
+
+def test_a_record_of_an_unknown_format_is_refused(monkeypatch):
+    net = _build(monkeypatch, TRAINED)
+    with pytest.raises(ValueError, match="format 3, this version reads formats 1 and 2"):
+        net.set_extra_state({"format": 3, "settings": settings_to_dict(TRAINED)})

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig, StagedSampler
+from nnunet_unisegdiff.diffusion.sampler import StagedSampler
+from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, StagedPlan
 from nnunet_unisegdiff.diffusion.schedule import linear_alphas_cumprod, split_prediction
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.diffusion.staged import StagedObjective
@@ -30,7 +31,7 @@ DATASET_JSON = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"bac
 class Tiny(nnUNetTrainerUniSegDiff):
     num_epochs_cfenet, num_epochs_dnet = 2, 2
     unisegdiff = replace(nnUNetTrainerUniSegDiff.unisegdiff, dnet_width=0.5,
-                         sampler=SamplerConfig(draws_per_branch=2))
+                         sampler=StagedPlan(draws_per_branch=2))
 
 
 @pytest.fixture
@@ -232,7 +233,7 @@ def test_variants_build_their_own_network_for_the_predictor(nnunet_dirs):
                                                                   enable_deep_supervision=False)
     assert not any(net.dnet.uses_dca) and not net.cfenet.decoder.deep_supervision
     eps_net = nnUNetTrainerUniSegDiffUniformEps.build_network_architecture(pm, pm.get_configuration("2d"), 3, 2)
-    assert eps_net.sampler.config.plan == "ddim" and eps_net.sampler.config.ddim_steps == 100
+    assert isinstance(eps_net.sampler.plan, DDIMPlan) and eps_net.sampler.plan.steps == 100
 
 
 @pytest.mark.parametrize("dim, config, classes", [(3, "3d_fullres", 2), (2, "2d", 3)])
@@ -312,17 +313,17 @@ def test_paper_variant_samples_the_papers_plan_call_for_call():
     x0 = 2 * torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float() - 1
     ab = linear_alphas_cumprod()
 
-    def plan_and_masks(config):
+    def plan_and_masks(plan):
         calls = []
 
         def eps_right_x0_wrong_at_dr(x_t, told):  # true eps at the real noise level; x0 head inverted at DR
             calls.append((x_t.shape[0], int(told[0])))
-            real_t = config.low - 1 if int(told[0]) == 0 else int(told[0])
+            real_t = plan.diffusion.low - 1 if int(told[0]) == 0 else int(told[0])
             target = x0.repeat(x_t.shape[0], 1, 1, 1)
             _, eps = split_prediction(x_t, torch.full((x_t.shape[0],), real_t), target, "x0", ab)
             return eps, (-20 if int(told[0]) == 0 else 20) * target
 
-        masks = StagedSampler(config).sample(eps_right_x0_wrong_at_dr, x0.shape, "cpu",
+        masks = StagedSampler(plan).sample(eps_right_x0_wrong_at_dr, x0.shape, "cpu",
                                              torch.Generator().manual_seed(0)).masks
         return calls, masks
 

@@ -7,6 +7,9 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_unisegdiff.diffusion.ablations import OneStepObjective, UniformEpsObjective, UniformX0Objective
+from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan, StagedPlan
+from nnunet_unisegdiff.diffusion.staged import StagedObjective
 from nnunet_unisegdiff.model.network import UniSegDiffNetwork
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training import variants
@@ -51,9 +54,26 @@ def test_every_trainer_builds_its_network_from_the_plan(cls, plan_2d):
         assert net(x).shape == (2, 2, *cfg.patch_size)
         return
     assert isinstance(net, UniSegDiffNetwork)
-    assert net.settings == cls.unisegdiff and net.sampler.config == cls.unisegdiff.sampler
+    assert net.settings == cls.unisegdiff and net.sampler.plan == cls.unisegdiff.sampler
     assert any(net.dnet.uses_dca) == cls.unisegdiff.use_dca
     x_t = torch.randn(2, 2, *cfg.patch_size)
     with torch.no_grad():
         eps, logits = net(x, x_t, torch.tensor([999, 0]))
     assert eps.shape == logits.shape == x_t.shape
+
+
+@pytest.mark.parametrize("cls, objective, plan", [
+    (nnUNetTrainerUniSegDiff, StagedObjective, StagedPlan),
+    (variants.nnUNetTrainerUniSegDiffUniformEps, UniformEpsObjective, DDIMPlan),
+    (variants.nnUNetTrainerUniSegDiffUniformX0, UniformX0Objective, DDIMPlan),
+    (variants.nnUNetTrainerUniSegDiffOneStep, OneStepObjective, OneStepPlan),
+    (variants.nnUNetTrainerUniSegDiffPaper, StagedObjective, StagedPlan),
+], ids=lambda v: getattr(v, "__name__", None))
+def test_the_ablations_pick_their_objective_and_sampling_plan_by_type(cls, objective, plan):
+    assert type(cls.objective) is objective and type(cls.unisegdiff.sampler) is plan
+
+
+@pytest.mark.parametrize("cls", [c for c in TRAINERS if issubclass(c, nnUNetTrainerUniSegDiff)],
+                         ids=lambda c: c.__name__)
+def test_every_trainer_samples_in_the_diffusion_settings_it_trains_in(cls):
+    assert cls.objective.diffusion == cls.unisegdiff.sampler.diffusion

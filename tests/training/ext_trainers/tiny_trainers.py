@@ -6,7 +6,7 @@ after the checkpoints of the epochs before it were written.
 import os
 from dataclasses import replace
 
-from nnunet_unisegdiff.diffusion.sampler import SamplerConfig
+from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 
@@ -14,7 +14,7 @@ class nnUNetTrainerUniSegDiffTestTiny(nnUNetTrainerUniSegDiff):
     num_epochs_cfenet, num_epochs_dnet = 2, 2
     dnet_lr = 3e-3  # tens of iterations instead of the paper's 300 epochs at 1e-4
     unisegdiff = replace(nnUNetTrainerUniSegDiff.unisegdiff, dnet_width=0.25,
-                         sampler=SamplerConfig(draws_per_branch=2, interval=100))
+                         sampler=StagedPlan(draws_per_branch=2, interval=100))
 
     def __init__(self, plans, configuration, fold, dataset_json, device=None):
         super().__init__(plans, configuration, fold, dataset_json, device)
