@@ -114,16 +114,23 @@ def train_seed(seed: int, args, work: Path) -> dict:
         run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
             logs / "plan.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
-    results = work / "results" / raw.name
-    out = {"raw": raw, "dataset_id": dataset_id, "models": {}, "seconds": {}}
+    out = {"raw": raw, "dataset_id": dataset_id, **train_fold(raw, dataset_id, env, args, logs)}
+    out["cli"] = predict_cli(f"seed{seed}", args, work, raw, dataset_id)
+    return out
+
+
+def train_fold(raw: Path, dataset_id: int, env: dict, args, logs: Path, baseline_only: bool = False) -> dict:
+    """nnUNetTrainer on fold 0, then per phase-B budget UniSegDiff with that model as CFENet (only DNet
+    trains); {"models": {budget: UniSegDiff's model folder}, "seconds": {trainer: wall time}}."""
+    results = Path(env["nnUNet_results"]) / raw.name
+    out = {"models": {}, "seconds": {}}
     cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
     train_once(BASELINE, cfenet, dataset_id, env, args, logs, out["seconds"])
-    for e in args.dnet_epochs:
+    for e in ([] if baseline_only else args.dnet_epochs):
         name = unisegdiff_trainer(e, args.width)
         out["models"][e] = results / f"{name}__nnUNetPlans__2d"
         train_once(name, out["models"][e] / "fold_0" / "checkpoint_final.pth", dataset_id,
                    {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"])
-    out["cli"] = predict_cli(seed, args, work, raw, dataset_id)
     return out
 
 
@@ -151,17 +158,18 @@ def harden(raw: Path, contrast: float, noise: float, seed: int) -> None:
         Image.fromarray((np.clip(out, 0, 1) * 255).round().astype(np.uint8)).save(f)
 
 
-def predict_cli(seed: int, args, work: Path, raw: Path, dataset_id: int) -> dict[str, Path]:
-    """nnUNetv2_predict of the held-out images with both trainers, without test-time augmentation."""
+def predict_cli(run_name: str, args, work: Path, raw: Path, dataset_id: int) -> dict[str, Path]:
+    """nnUNetv2_predict of the held-out images with both trainers, without test-time augmentation, with
+    the probabilities (the failure-detection benchmark reads them); {label: prediction folder}."""
     env, out = nnunet_env(work, work / "trainers"), {}
     shipped = unisegdiff_trainer(args.dnet_epochs[0], args.width)
     for label, trainer in (("baseline", BASELINE), ("unisegdiff", shipped)):
-        pred = work / "predictions" / f"seed{seed}" / label
+        pred = work / "predictions" / run_name / label
         if pred.exists():
             shutil.rmtree(pred)
         run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(dataset_id), "-c", "2d",
-             "-tr", trainer, "-f", "0", "-device", args.device, "--disable_tta", "-npp", "1", "-nps", "1"],
-            env, work / "logs" / f"seed{seed}" / f"predict_{label}.log")
+             "-tr", trainer, "-f", "0", "-device", args.device, "--disable_tta", "--save_probabilities",
+             "-npp", "1", "-nps", "1"], env, work / "logs" / run_name / f"predict_{label}.log")
         out[label] = pred
     return out
 

@@ -27,23 +27,20 @@ import numpy as np
 import torch
 from _common import RESULTS, add_smoke_arg, apply_smoke
 from accuracy import (
-    BASELINE,
     BIN,
     DEFAULT_WIDTH,
     ModelScorer,
     aggregate,
     case_scores,
     nnunet_env,
+    predict_cli,
     print_rows,
     run,
     summarize,
-    train_once,
-    unisegdiff_trainer,
+    train_fold,
     write_results,
     write_trainers,
 )
-
-from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 
 # converter name -> (extra converter options, the class of a case from its unified case ID)
 CONVERTERS = {
@@ -152,27 +149,9 @@ def train_split(split: int, args, work: Path, source: Path) -> dict:
         run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
             logs / "plan.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
-    results = work / "results" / raw.name
-    out = {"raw": raw, "class_of": class_of, "models": {}, "seconds": {}}
-    cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
-    train_once(BASELINE, cfenet, dataset_id, env, args, logs, out["seconds"])
-    if args.baselines_only:
-        return out
-    for e in args.dnet_epochs:
-        trainer = unisegdiff_trainer(e, args.width)
-        out["models"][e] = results / f"{trainer}__nnUNetPlans__2d"
-        train_once(trainer, out["models"][e] / "fold_0" / "checkpoint_final.pth", dataset_id,
-                   {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"])
-    out["cli"] = {}
-    shipped = unisegdiff_trainer(args.dnet_epochs[0], args.width)
-    for label, trainer in (("baseline", BASELINE), ("unisegdiff", shipped)):
-        pred = work / "predictions" / f"split{split}" / label
-        if pred.exists():
-            shutil.rmtree(pred)
-        run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(dataset_id), "-c", "2d",
-             "-tr", trainer, "-f", "0", "-device", args.device, "--disable_tta", "--save_probabilities",
-             "-npp", "1", "-nps", "1"], env, logs / f"predict_{label}.log")
-        out["cli"][label] = pred
+    out = {"raw": raw, "class_of": class_of, **train_fold(raw, dataset_id, env, args, logs, args.baselines_only)}
+    if not args.baselines_only:
+        out["cli"] = predict_cli(f"split{split}", args, work, raw, dataset_id)
     return out
 
 
