@@ -135,12 +135,15 @@ def train_fold(raw: Path, dataset_id: int, env: dict, args, logs: Path, baseline
 
 
 def train_once(trainer: str, final: Path, dataset_id: int, env: dict, args, logs: Path, seconds: dict) -> None:
-    """nnUNetv2_train fold 0, unless `--reuse` and its checkpoint_final exists; its wall time into `seconds`."""
+    """nnUNetv2_train fold 0, unless `--reuse` and its checkpoint_final exists; with `--reuse` an interrupted
+    training continues from its checkpoint_latest (`--c`), so a run cut short loses at most an epoch or so.
+    Its wall time (this invocation's part) into `seconds`."""
     if args.reuse and final.is_file():
         return
+    resume = ["--c"] if args.reuse and (final.parent / "checkpoint_latest.pth").is_file() else []
     t0 = time.monotonic()
-    run(["nnUNetv2_train", str(dataset_id), "2d", "0", "-device", args.device, "-tr", trainer], env,
-        logs / f"train_{trainer}.log")
+    run(["nnUNetv2_train", str(dataset_id), "2d", "0", "-device", args.device, "-tr", trainer, *resume], env,
+        logs / f"train_{trainer}{'_continued' if resume else ''}.log")
     seconds[trainer] = time.monotonic() - t0
 
 
