@@ -37,6 +37,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
+SAVE_EVERY = 5  # checkpoint_latest every 5 epochs (nnU-Net: 50), so `--reuse` continues a run cut short
+
 
 class {baseline}(nnUNetTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
@@ -45,6 +47,7 @@ class {baseline}(nnUNetTrainer):
             torch.set_num_threads({threads})
         self.num_epochs, self.num_iterations_per_epoch = {epochs_a}, {iterations}
         self.num_val_iterations_per_epoch = {val_iterations}
+        self.save_every = SAVE_EVERY
 '''
 UNISEGDIFF_CLASS = '''
 
@@ -57,6 +60,7 @@ class {name}(nnUNetTrainerUniSegDiff):
         if {threads}:
             torch.set_num_threads({threads})
         self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = {iterations}, {val_iterations}
+        self.save_every = SAVE_EVERY
 '''
 
 
