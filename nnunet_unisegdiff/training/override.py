@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from nnunet_unisegdiff.model.settings import PIPELINES
-from nnunet_unisegdiff.training.selection import PIPELINE_RECORD, format_table
+from nnunet_unisegdiff.training.selection import PIPELINE_RECORD, format_table, mirroring_axes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def set_pipeline(checkpoint_file: Path, pipeline: str) -> str:
-    """Rewrite the checkpoint's recorded pipeline; returns the previous one."""
+    """Rewrite the checkpoint's recorded pipeline and the test-time mirroring that goes with it (the plan's
+    for CFENet alone, as the trainer records it); returns the previous pipeline."""
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
@@ -37,6 +38,10 @@ def set_pipeline(checkpoint_file: Path, pipeline: str) -> str:
                          "saved before they were recorded); retrain or predict with the trainer's defaults")
     previous = record["settings"]["pipeline"]
     record["settings"]["pipeline"] = pipeline
+    meta = checkpoint.get("unisegdiff", {})
+    if "plan_mirroring_axes" in meta:  # checkpoints from before it was recorded keep their mirroring
+        checkpoint["inference_allowed_mirroring_axes"] = mirroring_axes(pipeline, meta["plan_mirroring_axes"],
+                                                                        meta["dnet_mirroring"])
     partial = f"{checkpoint_file}.partial"
     torch.save(checkpoint, partial)
     os.replace(partial, checkpoint_file)

@@ -19,6 +19,14 @@ import numpy as np
 PIPELINE_RECORD = "inference_pipeline.json"  # in the fold folder
 
 
+def mirroring_axes(pipeline: str, plan_axes: Sequence[int] | None, dnet_mirroring: bool) -> tuple[int, ...] | None:
+    """The test-time mirroring axes a checkpoint records for its pipeline: the plan's (nnU-Net's default) for
+    CFENet alone, none for a DNet pipeline unless the trainer mirrors those too."""
+    if plan_axes is None or not (pipeline == "cfenet" or dnet_mirroring):
+        return None
+    return tuple(plan_axes)
+
+
 def case_dice(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
     """Mean over `labels` of Dice(pred == k, ref == k); 1 where both are empty. Pixels with ref < 0
     (outside nnU-Net's crop) are ignored."""

@@ -33,7 +33,8 @@ from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSetting
 from nnunet_unisegdiff.model.settings import PIPELINES
 from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 from nnunet_unisegdiff.training.plots import plot_stage_losses
-from nnunet_unisegdiff.training.selection import choose_pipeline, format_table, score_pipelines, write_record
+from nnunet_unisegdiff.training.selection import (choose_pipeline, format_table, mirroring_axes, score_pipelines,
+                                                  write_record)
 
 # points phase-A reuse at a CFENet checkpoint; "none" disables finding nnUNetTrainer's automatically
 CFENET_CHECKPOINT_ENV = "nnUNet_unisegdiff_cfenet"
@@ -65,7 +66,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     dnet_weight_decay = 1e-2
     objective = StagedObjective()
     unisegdiff = UniSegDiffSettings()
-    inference_mirroring = False        # test-time mirroring multiplies sampling cost by 4 (2D) / 8 (3D)
+    inference_mirroring = False        # of DNet pipelines: test-time mirroring multiplies sampling cost by 4 / 8
     inference_pipeline = "auto"        # "auto": chosen after phase B on the fold's validation cases; or a name
     pipeline_candidates = PIPELINES    # what "auto" chooses from (model/pipelines.py); CFENet alone among them
     pipeline_margin = 0.5              # Dice points a DNet pipeline must gain over CFENet on validation
@@ -89,6 +90,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.num_epochs = self.num_epochs_cfenet + self.num_epochs_dnet
         self.phase: str | None = None
         self.composite: UniSegDiffNetwork | None = None
+        self.plan_mirroring_axes: tuple[int, ...] | None = None  # nnU-Net's test-time mirroring for this plan
         self._alphas_cumprod = self.objective.diffusion.alphas_cumprod().to(self.device)
 
     @classmethod
@@ -152,9 +154,16 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.inference_mirroring:
-            self.inference_allowed_mirroring_axes = None  # training augmentation still mirrors
+        self.plan_mirroring_axes = self.inference_allowed_mirroring_axes
+        pipeline = self.composite.settings.pipeline if self.composite is not None else "auto"
+        self.inference_allowed_mirroring_axes = self.mirroring_axes_for(pipeline)  # training still mirrors
         return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def mirroring_axes_for(self, pipeline: str) -> tuple[int, ...] | None:
+        """Test-time mirroring that nnUNetv2_predict applies (unless --disable_tta): nnU-Net's own when the
+        model predicts with CFENet alone, so it predicts exactly what nnUNetTrainer would, TTA included;
+        none for the DNet pipelines unless `inference_mirroring` (it multiplies their cost by 4 in 2D)."""
+        return mirroring_axes(pipeline, self.plan_mirroring_axes, self.inference_mirroring)
 
     def _ensure_stage_log_keys(self) -> None:
         logs = self.logger.local_logger.my_fantastic_logging
@@ -289,6 +298,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
                 dist.broadcast_object_list(box, src=0)
                 chosen = box[0]
         net.set_settings(replace(net.settings, pipeline=chosen))
+        self.inference_allowed_mirroring_axes = self.mirroring_axes_for(chosen)
         return chosen
 
     def _choose_on_validation(self) -> str:
@@ -345,7 +355,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
             "trainer_name": self.__class__.__name__,
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "unisegdiff": {"phase": self.phase, "num_epochs_cfenet": self.num_epochs_cfenet,
-                           "num_epochs_dnet": self.num_epochs_dnet},
+                           "num_epochs_dnet": self.num_epochs_dnet, "plan_mirroring_axes": self.plan_mirroring_axes,
+                           "dnet_mirroring": self.inference_mirroring},
         }
         partial = filename + ".partial"
         torch.save(checkpoint, partial)

@@ -72,12 +72,14 @@ def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys)
     net = build_unisegdiff_network(*plan_2d, 3, 2, False, UniSegDiffSettings(dnet_width=0.25, token_budget=64))
     fold = tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d" / "fold_0"
     fold.mkdir(parents=True)
-    torch.save({"network_weights": net.state_dict()}, fold / "checkpoint_final.pth")
+    torch.save({"network_weights": net.state_dict(), "inference_allowed_mirroring_axes": None,
+                "unisegdiff": {"plan_mirroring_axes": (0, 1), "dnet_mirroring": False}}, fold / "checkpoint_final.pth")
     write_record(fold, "diffusion", {"cfenet": {"dice": 80.0, "dice_lesion": 85.0, "false_lesions": 1,
                                                 "lesion_free": 2, "cases": 5}}, "test rule")
     assert main(["pipeline", str(fold.parent), "--set", "cfenet"]) == 0
     saved = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert saved["network_weights"]["_extra_state"]["settings"]["pipeline"] == "cfenet"
+    assert saved["inference_allowed_mirroring_axes"] == (0, 1)  # CFENet alone mirrors as nnU-Net does
     rebuilt = build_unisegdiff_network(*plan_2d, 3, 2, False, UniSegDiffSettings(dnet_width=0.25, token_budget=64))
     rebuilt.load_state_dict(saved["network_weights"])
     assert rebuilt.settings.pipeline == "cfenet"
@@ -85,3 +87,11 @@ def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys)
     assert main(["pipeline", str(fold.parent)]) == 0
     assert "predicts with: cfenet" in capsys.readouterr().out
     assert main(["pipeline", str(fold.parent), "-f", "3"]) == 1  # a missing fold is named, not a traceback
+
+
+def test_mirroring_follows_the_pipeline():
+    from nnunet_unisegdiff.training.selection import mirroring_axes
+    assert mirroring_axes("cfenet", [0, 1], dnet_mirroring=False) == (0, 1)
+    assert mirroring_axes("diffusion", [0, 1], dnet_mirroring=False) is None
+    assert mirroring_axes("diffusion", [0, 1], dnet_mirroring=True) == (0, 1)
+    assert mirroring_axes("cfenet", None, dnet_mirroring=True) is None  # a plan without mirroring

@@ -363,6 +363,18 @@ def test_fixed_pipeline_variants_skip_the_choice(nnunet_dirs, monkeypatch):
     assert t.choose_inference_pipeline() == "diffusion" == t.composite.settings.pipeline
 
 
+@pytest.mark.parametrize("pipeline, mirrored", [("cfenet", True), ("rs", False)])
+def test_checkpoint_mirrors_at_test_time_as_nnunet_does_when_cfenet_is_chosen(nnunet_dirs, pipeline, mirrored):
+    t = make(type("Fixed", (Tiny,), {"inference_pipeline": pipeline}))
+    t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert t.plan_mirroring_axes == (0, 1) and t.inference_allowed_mirroring_axes is None  # before the choice
+    t._enter_phase("B")
+    t.choose_inference_pipeline()
+    t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+    saved = torch.load(os.path.join(t.output_folder, "checkpoint_final.pth"), weights_only=False)
+    assert saved["inference_allowed_mirroring_axes"] == ((0, 1) if mirrored else None)  # what nnUNetv2_predict reads
+
+
 def test_phase_a_takes_nnunets_optimizer_hook_so_optimizer_variants_apply(nnunet_dirs):
     from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
 
