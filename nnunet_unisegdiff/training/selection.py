@@ -41,12 +41,14 @@ def case_dice(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float
 
 def score_pipelines(predict: Callable[[str, np.ndarray], np.ndarray], cases: Iterable[tuple[str, np.ndarray,
                     np.ndarray]], candidates: Sequence[str], labels: Sequence[int]) -> dict[str, dict]:
-    """{pipeline: Dice (%) over all cases and over lesion cases, false-lesion count, case count}.
+    """{pipeline: Dice (%) over all cases and over lesion cases, false-lesion count, case count and each
+    case's Dice (%), kept so that other choice rules can be studied on the record}.
     predict(pipeline, data) -> label map; cases: (key, preprocessed data, reference label map)."""
     per = {name: [] for name in candidates}
-    lesion, false_lesion = [], {name: 0 for name in candidates}
-    for _, data, ref in cases:
+    keys, lesion, false_lesion = [], [], {name: 0 for name in candidates}
+    for key, data, ref in cases:
         has_lesion = bool(np.isin(ref, labels).any())
+        keys.append(key)
         lesion.append(has_lesion)
         for name in candidates:
             pred = predict(name, data)
@@ -59,7 +61,7 @@ def score_pipelines(predict: Callable[[str, np.ndarray], np.ndarray], cases: Ite
         table[name] = {"dice": 100 * float(d.mean()) if d.size else float("nan"),
                        "dice_lesion": 100 * float(d[lesion_mask].mean()) if lesion_mask.any() else float("nan"),
                        "false_lesions": false_lesion[name], "lesion_free": int((~lesion_mask).sum()),
-                       "cases": int(d.size)}
+                       "cases": int(d.size), "per_case": {k: 100 * float(v) for k, v in zip(keys, dice)}}
     return table
 
 

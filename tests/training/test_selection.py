@@ -50,6 +50,8 @@ def test_selection_picks_the_planted_winner():
     assert table["cfenet"]["lesion_free"] == 2 and table["cfenet"]["cases"] == 8
     assert table["diffusion"]["dice"] < table["cfenet"]["dice"] < 100.0
     assert choose_pipeline(table, margin=0.5) == "rs"
+    assert list(table["rs"]["per_case"]) == [k for k, _, _ in cases]  # each case's Dice kept, in order
+    assert np.mean(list(table["cfenet"]["per_case"].values())) == pytest.approx(table["cfenet"]["dice"])
 
 
 @pytest.mark.parametrize("gain, expected", [(0.4, "cfenet"), (0.6, "diffusion")])
