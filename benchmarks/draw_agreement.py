@@ -50,9 +50,9 @@ def tempered(probs: np.ndarray, draws: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def case_row(net, x: torch.Tensor, gt: np.ndarray, calibration: dict) -> dict:
     """Scores of one preprocessed single-tile image x (1, C_in, *spatial) with ground truth gt (*spatial)."""
-    chosen = net.settings.pipeline
-    probs = pipeline_probabilities(net, x, [chosen])[chosen][0].float().numpy()  # (C, *spatial)
-    draws = net.sample(x).masks[0].numpy()  # (N, *spatial): x0 branch first, then eps
+    chosen, condition = net.settings.pipeline, net.condition(x)  # CFENet once for both
+    probs = pipeline_probabilities(net, x, [chosen], condition)[chosen][0].float().numpy()  # (C, *spatial)
+    draws = net.sample(x, cond=condition[1]).masks[0].numpy()  # (N, *spatial): x0 branch first, then eps
     seg = probs.argmax(0)
     half = draws.shape[0] // 2
     agreement = float(np.mean([dice(d, seg) for d in draws]))

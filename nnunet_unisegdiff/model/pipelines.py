@@ -29,14 +29,16 @@ DNET_PIPELINES = tuple(p for p in PIPELINES if p != "cfenet")
 
 
 @torch.no_grad()
-def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str]) -> dict[str, Tensor]:
+def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str],
+                           condition: tuple[Tensor, list[Tensor]] | None = None) -> dict[str, Tensor]:
     """{name: (B, C, *spatial) class probabilities} for a UniSegDiffNetwork `net` and image (B, C_in,
-    *spatial); CFENet runs once and one set of draws serves every pipeline built on the network's sampler."""
+    *spatial); CFENet runs once (not at all when its `condition` output is given) and one set of draws
+    serves every pipeline built on the network's sampler."""
     unknown = set(names) - set(PIPELINES)
     if unknown:
         raise ValueError(f"unknown inference pipeline(s) {sorted(unknown)}; known: {', '.join(PIPELINES)}")
     s, c = net.settings, net.num_classes
-    logits, cond = net.condition(image)
+    logits, cond = condition if condition is not None else net.condition(image)
     softmax = logits.float().softmax(1)
     out: dict[str, Tensor] = {}
     if "cfenet" in names:

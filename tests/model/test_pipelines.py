@@ -56,3 +56,12 @@ def test_unknown_pipeline_is_refused(net):
         pipeline_probabilities(net, torch.randn(1, 3, 32, 32), ["nnunet"])
     with pytest.raises(ValueError, match="unknown inference pipeline"):
         UniSegDiffSettings(pipeline="nnunet")
+
+
+def test_given_condition_skips_cfenet_and_gives_the_same_probabilities(net, monkeypatch):
+    x = torch.randn(2, 3, 32, 32)
+    expected = pipeline_probabilities(net, x, PIPELINES)
+    condition = net.condition(x)
+    monkeypatch.setattr(net, "condition", lambda image: pytest.fail("CFENet ran again"))
+    for name, probs in pipeline_probabilities(net, x, PIPELINES, condition).items():
+        assert torch.equal(probs, expected[name])
