@@ -1,7 +1,12 @@
-"""`unisegdiff pipeline MODEL_FOLDER -f FOLD [--set NAME]`: show which inference pipeline a trained fold
-predicts with (the validation table the trainer chose it from), or override the choice. The choice
-lives in the checkpoint's settings record, so nnUNetv2_predict, ensembling and find_best_configuration
-all follow it; the checkpoint is rewritten atomically and the record notes the override."""
+"""`unisegdiff pipeline MODEL_FOLDER -f FOLD [--set NAME | --pool]`: show which inference pipeline a trained
+fold predicts with (the validation table the trainer chose it from), override the choice, or choose once for
+several folds from their pooled validation cases. The choice lives in the checkpoint's settings record, so
+nnUNetv2_predict, ensembling and find_best_configuration all follow it; the checkpoint is rewritten
+atomically and the record notes the override.
+
+`--pool` is nnU-Net's habit of choosing from all folds' validation together: each fold alone chooses on a
+fifth of the training cases, where a few images can decide; pooled, the same rule sees all of them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +18,18 @@ from pathlib import Path
 import torch
 
 from nnunet_unisegdiff.model.settings import PIPELINES
-from nnunet_unisegdiff.training.selection import PIPELINE_RECORD, format_table, mirroring_axes
+from nnunet_unisegdiff.training.selection import (
+    CONFIDENCE,
+    MARGIN,
+    PIPELINE_RECORD,
+    choose_pipeline,
+    format_table,
+    mirroring_axes,
+    pool_tables,
+    rule_text,
+)
+
+POOLED_RECORD = "inference_pipeline_pooled.json"  # in the model folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_folder", type=Path, help="the trainer folder (TRAINER__PLANS__CONFIGURATION)")
     p.add_argument("-f", "--folds", nargs="+", default=["0"], help="fold number(s) (default 0)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
-    p.add_argument("--set", choices=PIPELINES, default=None, help="predict with this pipeline from now on")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--set", choices=PIPELINES, default=None, help="predict with this pipeline from now on")
+    choice.add_argument("--pool", action="store_true",
+                        help="choose one pipeline for all the given folds from their validation cases together "
+                             "(the rule the trainer used) and predict with it in each")
     p.set_defaults(func=run)
 
 
@@ -48,15 +68,67 @@ def set_pipeline(checkpoint_file: Path, pipeline: str) -> str:
     return previous
 
 
+def _error(message: str) -> int:
+    print(f"unisegdiff pipeline: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _read_record(folder: Path) -> dict | None:
+    record_file = folder / PIPELINE_RECORD
+    return json.loads(record_file.read_text()) if record_file.is_file() else None
+
+
+def _override(folder: Path, checkpoint: Path, pipeline: str, note: str, extra: dict | None = None) -> None:
+    """Set the checkpoint's pipeline and note it in the fold's record; raises ValueError."""
+    previous = set_pipeline(checkpoint, pipeline)
+    record = _read_record(folder)
+    if record is not None:
+        record[note] = {"checkpoint": checkpoint.name, "pipeline": pipeline, "was": previous, **(extra or {})}
+        (folder / PIPELINE_RECORD).write_text(json.dumps(record, indent=2))
+    print(f"{checkpoint}: pipeline {previous} -> {pipeline}")
+
+
+def pool(model_folder: Path, folds: list[str], checkpoint_name: str) -> int:
+    records = {}
+    for fold in folds:
+        folder = model_folder / f"fold_{fold}"
+        if not (folder / checkpoint_name).is_file():
+            return _error(f"{folder / checkpoint_name} does not exist")
+        records[fold] = _read_record(folder)
+        if records[fold] is None:
+            return _error(f"{folder / PIPELINE_RECORD} does not exist (the fold's pipeline was fixed, not chosen)")
+    first = records[folds[0]]
+    margin, confidence = first.get("margin", MARGIN), first.get("confidence", CONFIDENCE)
+    try:
+        table = pool_tables([r["table"] for r in records.values()])
+        chosen = choose_pipeline(table, margin, confidence)
+    except ValueError as e:
+        return _error(f"{model_folder}: folds {' '.join(folds)}: {e}")
+    rule = rule_text(margin, confidence).replace("the fold's validation cases", f"the validation cases of folds "
+                                                 f"{' '.join(folds)} together")
+    print(f"{model_folder}: folds {' '.join(folds)} pooled: {chosen} ({rule})")
+    print(format_table(table, chosen))
+    (model_folder / POOLED_RECORD).write_text(json.dumps(
+        {"folds": folds, "chosen": chosen, "rule": rule, "margin": margin, "confidence": confidence,
+         "per_fold": {f: r["chosen"] for f, r in records.items()}, "table": table}, indent=2))
+    for fold in folds:
+        folder = model_folder / f"fold_{fold}"
+        try:
+            _override(folder, folder / checkpoint_name, chosen, "pooled", {"folds": folds})
+        except ValueError as e:
+            return _error(str(e))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pool:
+        return pool(args.model_folder, args.folds, args.checkpoint)
     for fold in args.folds:
         folder = args.model_folder / f"fold_{fold}"
         checkpoint = folder / args.checkpoint
         if not checkpoint.is_file():
-            print(f"unisegdiff pipeline: error: {checkpoint} does not exist", file=sys.stderr)
-            return 1
-        record_file = folder / PIPELINE_RECORD
-        record = json.loads(record_file.read_text()) if record_file.is_file() else None
+            return _error(f"{checkpoint} does not exist")
+        record = _read_record(folder)
         if record is not None:
             print(f"{folder}: chosen on validation: {record['chosen']} ({record['rule']})")
             print(format_table(record["table"], record["chosen"]))
@@ -67,12 +139,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{settings['settings']['pipeline'] if settings else 'unrecorded (the trainer class default)'}")
             continue
         try:
-            previous = set_pipeline(checkpoint, args.set)
+            _override(folder, checkpoint, args.set, "overridden")
         except ValueError as e:
-            print(f"unisegdiff pipeline: error: {e}", file=sys.stderr)
-            return 1
-        if record is not None:
-            record["overridden"] = {"checkpoint": checkpoint.name, "pipeline": args.set, "was": previous}
-            record_file.write_text(json.dumps(record, indent=2))
-        print(f"{checkpoint}: pipeline {previous} -> {args.set}")
+            return _error(str(e))
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import replace
 from os.path import isfile, join
 
@@ -33,8 +32,9 @@ from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSetting
 from nnunet_unisegdiff.model.settings import PIPELINES
 from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 from nnunet_unisegdiff.training.plots import plot_stage_losses
-from nnunet_unisegdiff.training.selection import (choose_pipeline, format_table, mirroring_axes, score_pipelines,
-                                                  write_record)
+from nnunet_unisegdiff.training.selection import (CONFIDENCE, MARGIN, choose_pipeline, format_table,
+                                                  label_map_predictor, mirroring_axes, rule_text, score_pipelines,
+                                                  validation_cases, write_record)
 
 # points phase-A reuse at a CFENet checkpoint; "none" disables finding nnUNetTrainer's automatically
 CFENET_CHECKPOINT_ENV = "nnUNet_unisegdiff_cfenet"
@@ -69,7 +69,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     inference_mirroring = False        # of DNet pipelines: test-time mirroring multiplies sampling cost by 4 / 8
     inference_pipeline = "auto"        # "auto": chosen after phase B on the fold's validation cases; or a name
     pipeline_candidates = PIPELINES    # what "auto" chooses from (model/pipelines.py); CFENet alone among them
-    pipeline_margin = 0.5              # Dice points a DNet pipeline must gain over CFENet on validation
+    pipeline_margin = MARGIN           # Dice points a DNet pipeline must gain over CFENet on validation
+    pipeline_confidence = CONFIDENCE   # ... with a paired bootstrap gain > 0 at this confidence (None: mean only)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -309,22 +310,14 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
                                     verbose_preprocessing=False, allow_tqdm=False)
         predictor.manual_initialization(self.composite, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, type(self).__name__, self.inference_allowed_mirroring_axes)
-        net, settings = self.composite, self.composite.settings
-
-        def predict(pipeline: str, data: np.ndarray) -> np.ndarray:
-            net.set_settings(replace(settings, pipeline=pipeline))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # nnU-Net's 'array is not writable'
-                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data))
-            return logits.argmax(0).cpu().numpy()
-
         labels = [int(k) for k in self.label_manager.foreground_labels]
-        table = score_pipelines(predict, self._validation_cases(), self.pipeline_candidates, labels)
-        chosen = choose_pipeline(table, self.pipeline_margin)
-        rule = (f"highest mean per-case Dice on the fold's validation cases; a DNet pipeline only if it beats "
-                f"cfenet by more than {self.pipeline_margin} points")
-        write_record(self.output_folder, chosen, table, rule)
-        self.print_to_log_file(f"Inference pipeline: {chosen} ({rule}):\n{format_table(table, chosen)}")
+        table = score_pipelines(label_map_predictor(predictor, self.composite), self._validation_cases(),
+                                self.pipeline_candidates, labels)
+        margin, confidence = self.pipeline_margin, self.pipeline_confidence
+        chosen = choose_pipeline(table, margin, confidence)
+        write_record(self.output_folder, chosen, table, margin, confidence)
+        self.print_to_log_file(f"Inference pipeline: {chosen} ({rule_text(margin, confidence)}):\n"
+                               f"{format_table(table, chosen)}")
         return chosen
 
     def _validation_cases(self):
@@ -333,11 +326,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
             raise NotImplementedError(f"{type(self).__name__}: choosing a pipeline of a cascade's second stage "
                                       "is not supported; set inference_pipeline to a name")
         _, val_keys = self.do_split()
-        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
-                                         folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-        for key in dataset_val.identifiers:
-            data, seg, _, _ = dataset_val.load_case(key)
-            yield key, np.asarray(data[:]), np.asarray(seg[:])[0]
+        return validation_cases(self.dataset_class, self.preprocessed_dataset_folder, val_keys,
+                                self.folder_with_segs_from_previous_stage)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:

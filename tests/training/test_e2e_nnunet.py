@@ -64,10 +64,12 @@ def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
     final = torch.load(fold_dir / "checkpoint_final.pth", weights_only=False, map_location="cpu")
     assert final["unisegdiff"]["phase"] == "B" and final["current_epoch"] == 4
     assert bool(final["network_weights"]["dnet_trained"])
-    assert final["inference_allowed_mirroring_axes"] is None
     # after phase B the trainer chose its inference pipeline on the fold's validation cases
     record = json.loads((fold_dir / "inference_pipeline.json").read_text())
     assert set(record["table"]) == set(PIPELINES) and record["chosen"] in PIPELINES
+    # test-time mirroring goes with the choice: nnU-Net's for CFENet alone, none for a DNet pipeline
+    plan_axes = final["unisegdiff"]["plan_mirroring_axes"]
+    assert final["inference_allowed_mirroring_axes"] == (tuple(plan_axes) if record["chosen"] == "cfenet" else None)
     assert final["network_weights"]["_extra_state"]["settings"]["pipeline"] == record["chosen"]
     assert f"Inference pipeline: {record['chosen']}" in log
     logs = final["logging"]

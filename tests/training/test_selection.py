@@ -1,11 +1,18 @@
 """Choosing the inference pipeline on validation cases: the planted winner wins, near-ties go to CFENet,
-a false lesion on a lesion-free image costs that case its whole score."""
+a false lesion on a lesion-free image costs that case its whole score, a gain made by one or two cases
+does not choose a DNet pipeline."""
 import json
 
 import numpy as np
 import pytest
 
-from nnunet_unisegdiff.training.selection import case_dice, choose_pipeline, score_pipelines
+from nnunet_unisegdiff.training.selection import (
+    case_dice,
+    choose_pipeline,
+    paired_gain_lower_bound,
+    pool_tables,
+    score_pipelines,
+)
 
 
 def _cases(n: int = 8, seed: int = 0):
@@ -57,11 +64,49 @@ def test_selection_picks_the_planted_winner():
 @pytest.mark.parametrize("gain, expected", [(0.4, "cfenet"), (0.6, "diffusion")])
 def test_a_dnet_pipeline_must_beat_cfenet_by_the_margin(gain, expected):
     table = {"cfenet": {"dice": 80.0}, "rs": {"dice": 70.0}, "diffusion": {"dice": 80.0 + gain}}
-    assert choose_pipeline(table, margin=0.5) == expected
+    assert choose_pipeline(table, margin=0.5, confidence=None) == expected
 
 
 def test_cfenet_kept_when_it_is_best():
-    assert choose_pipeline({"cfenet": {"dice": 90.0}, "rs": {"dice": 89.9}}, margin=0.0) == "cfenet"
+    table = {"cfenet": {"dice": 90.0}, "rs": {"dice": 89.9}}
+    assert choose_pipeline(table, margin=0.0, confidence=None) == "cfenet"
+
+
+def _table(gains: dict[str, list[float]], base: float = 60.0) -> dict:
+    """A validation table whose candidates differ from cfenet by the given per-case gains."""
+    n = len(next(iter(gains.values())))
+    per_case = {"cfenet": {f"c{i}": base for i in range(n)}}
+    per_case.update({name: {f"c{i}": base + g for i, g in enumerate(gain)} for name, gain in gains.items()})
+    return {name: {"dice": float(np.mean(list(pc.values()))), "per_case": pc} for name, pc in per_case.items()}
+
+
+def test_a_gain_made_by_a_few_cases_does_not_choose_a_dnet_pipeline():
+    # two lesion-free images of 32 turn from a false lesion (0) into right (100): +6.25 points on the mean,
+    # the rest a tie; the mean rule takes it, the paired bootstrap does not
+    few = _table({"diffusion+cfenet": [100.0, 100.0] + [0.0] * 30})
+    assert few["diffusion+cfenet"]["dice"] - few["cfenet"]["dice"] == pytest.approx(6.25)
+    assert choose_pipeline(few, margin=0.5, confidence=None) == "diffusion+cfenet"
+    assert choose_pipeline(few) == "cfenet"
+    # a smaller gain on nearly every case holds under resampling
+    broad = _table({"diffusion+cfenet": [2.0] * 30 + [-1.0] * 2})
+    assert choose_pipeline(broad) == "diffusion+cfenet"
+
+
+def test_the_bootstrap_level_is_corrected_for_the_number_of_candidates():
+    gain = [3.0] * 15 + [-4.0] * 5  # clears 0 at 95 %, not at 1 - 0.05 / 4
+    assert paired_gain_lower_bound(np.array(gain), 0.95) > 0 > paired_gain_lower_bound(np.array(gain), 1 - 0.05 / 4)
+    assert choose_pipeline(_table({"diffusion": gain}), margin=0.5) == "diffusion"
+    worse = [-1.0] * 20
+    assert choose_pipeline(_table({"diffusion": gain, "rs": worse, "paper": worse, "diffusion+cfenet": worse}),
+                           margin=0.5) == "cfenet"
+
+
+def test_the_bootstrap_is_deterministic_and_needs_per_case_scores():
+    gain = np.random.default_rng(0).normal(1.0, 5.0, 40)
+    assert paired_gain_lower_bound(gain, 0.95) == paired_gain_lower_bound(gain, 0.95)
+    assert paired_gain_lower_bound(gain, 0.99) < paired_gain_lower_bound(gain, 0.95) < gain.mean()
+    with pytest.raises(ValueError, match="no per-case Dice"):
+        choose_pipeline({"cfenet": {"dice": 50.0}, "rs": {"dice": 60.0}})
 
 
 def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys):
@@ -69,15 +114,10 @@ def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys)
 
     from nnunet_unisegdiff.cli import main
     from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
-    from nnunet_unisegdiff.training.selection import write_record
 
-    net = build_unisegdiff_network(*plan_2d, 3, 2, False, UniSegDiffSettings(dnet_width=0.25, token_budget=64))
-    fold = tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d" / "fold_0"
-    fold.mkdir(parents=True)
-    torch.save({"network_weights": net.state_dict(), "inference_allowed_mirroring_axes": None,
-                "unisegdiff": {"plan_mirroring_axes": (0, 1), "dnet_mirroring": False}}, fold / "checkpoint_final.pth")
-    write_record(fold, "diffusion", {"cfenet": {"dice": 80.0, "dice_lesion": 85.0, "false_lesions": 1,
-                                                "lesion_free": 2, "cases": 5}}, "test rule")
+    fold = _fold_with_record(tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d", 0, plan_2d,
+                             {"cfenet": {"dice": 80.0, "dice_lesion": 85.0, "false_lesions": 1, "lesion_free": 2,
+                                         "cases": 5}}, "diffusion")
     assert main(["pipeline", str(fold.parent), "--set", "cfenet"]) == 0
     saved = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert saved["network_weights"]["_extra_state"]["settings"]["pipeline"] == "cfenet"
@@ -97,3 +137,82 @@ def test_mirroring_follows_the_pipeline():
     assert mirroring_axes("diffusion", [0, 1], dnet_mirroring=False) is None
     assert mirroring_axes("diffusion", [0, 1], dnet_mirroring=True) == (0, 1)
     assert mirroring_axes("cfenet", None, dnet_mirroring=True) is None  # a plan without mirroring
+
+
+def test_pooled_table_is_the_table_of_all_cases():
+    cases = _cases(12)
+    rng = np.random.default_rng(2)
+
+    def predict(pipeline, data):  # noisy, differently per pipeline
+        return (rng.random(data.shape[1:]) < (0.2 if pipeline == "rs" else 0.1)).astype(np.int16)
+
+    folds = [score_pipelines(predict, cases[i::3], ["cfenet", "rs"], [1]) for i in range(3)]
+    pooled = pool_tables(folds)
+    for name in ("cfenet", "rs"):
+        cases_seen = {k: v for f in folds for k, v in f[name]["per_case"].items()}
+        assert pooled[name]["per_case"] == cases_seen and pooled[name]["cases"] == 12
+        assert pooled[name]["dice"] == pytest.approx(np.mean(list(cases_seen.values())))
+        lesion_keys = [k for k, _, ref in cases if ref.any()]
+        assert pooled[name]["dice_lesion"] == pytest.approx(np.mean([cases_seen[k] for k in lesion_keys]))
+        assert pooled[name]["false_lesions"] == sum(f[name]["false_lesions"] for f in folds)
+    with pytest.raises(ValueError, match="share validation cases"):
+        pool_tables([folds[0], folds[0]])
+
+
+def _fold_with_record(root, fold: int, plan_2d, table: dict, chosen: str):
+    import torch
+
+    from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
+    from nnunet_unisegdiff.training.selection import write_record
+
+    net = build_unisegdiff_network(*plan_2d, 3, 2, False, UniSegDiffSettings(dnet_width=0.25, token_budget=64,
+                                                                             pipeline=chosen))
+    folder = root / f"fold_{fold}"
+    folder.mkdir(parents=True)
+    meta = {"plan_mirroring_axes": (0, 1), "dnet_mirroring": False}
+    torch.save({"network_weights": net.state_dict(), "inference_allowed_mirroring_axes": None, "unisegdiff": meta},
+               folder / "checkpoint_final.pth")
+    write_record(folder, chosen, table, margin=0.5, confidence=0.95)
+    return folder
+
+
+def test_pool_chooses_once_for_all_folds_and_sets_each(tmp_path, plan_2d, capsys):
+    import torch
+
+    from nnunet_unisegdiff.cli import main
+
+    model = tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d"
+    # fold 0 alone: two lesion-free images make diffusion's gain; over all folds' cases it does not hold
+    gains = {0: [100.0, 100.0, 0.0, 0.0], 1: [0.0, -1.0, 0.0, 0.0], 2: [0.0, 0.0, -2.0, 0.0]}
+    for fold, gain in gains.items():
+        table = _table({"diffusion": gain})
+        for row in table.values():
+            row.update(dice_lesion=row["dice"], false_lesions=0, lesion_free=1, cases=4)
+            row["per_case"] = {f"f{fold}_{k}": v for k, v in row["per_case"].items()}
+        _fold_with_record(model, fold, plan_2d, table, "diffusion" if fold == 0 else "cfenet")
+    assert main(["pipeline", str(model), "-f", "0", "1", "2", "--pool"]) == 0
+    out = capsys.readouterr().out
+    assert "folds 0 1 2 pooled: cfenet" in out
+    pooled = json.loads((model / "inference_pipeline_pooled.json").read_text())
+    assert pooled["chosen"] == "cfenet" and pooled["per_fold"] == {"0": "diffusion", "1": "cfenet", "2": "cfenet"}
+    assert pooled["table"]["cfenet"]["cases"] == 12
+    for fold in gains:
+        saved = torch.load(model / f"fold_{fold}" / "checkpoint_final.pth", weights_only=False)
+        assert saved["network_weights"]["_extra_state"]["settings"]["pipeline"] == "cfenet"
+        assert saved["inference_allowed_mirroring_axes"] == (0, 1)
+    record = json.loads((model / "fold_0" / "inference_pipeline.json").read_text())
+    assert record["chosen"] == "diffusion" and record["pooled"]["was"] == "diffusion"  # the fold's own choice kept
+
+
+def test_pool_refuses_tables_without_per_case_scores(tmp_path, plan_2d, capsys):
+    from nnunet_unisegdiff.cli import main
+
+    model = tmp_path / "model"
+    for fold in (0, 1):
+        row = {"dice": 80.0, "dice_lesion": 85.0, "false_lesions": 1, "lesion_free": 2, "cases": 5}
+        _fold_with_record(model, fold, plan_2d, {"cfenet": dict(row), "rs": dict(row)}, "cfenet")
+    assert main(["pipeline", str(model), "-f", "0", "1", "--pool"]) == 1
+    assert "no per-case Dice" in capsys.readouterr().err
+    assert not (model / "inference_pipeline_pooled.json").exists()
+    assert main(["pipeline", str(model), "-f", "0", "4", "--pool"]) == 1
+    assert "fold_4" in capsys.readouterr().err
