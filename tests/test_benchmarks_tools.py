@@ -1,5 +1,7 @@
 """Tools in benchmarks/: combine.py (runs made one split at a time combine into the mean of all; runs that
-do not average are refused by name) and draw_agreement.py's tempered probabilities."""
+do not average are refused by name), draw_agreement.py's tempered probabilities and choice_rules.py (each
+rule's choice on a recorded validation table, scored by that pipeline's held-out row) and shifted_copy.py
+(a corrupted copy of held-out images, labels unchanged)."""
 import json
 from pathlib import Path
 
@@ -21,6 +23,37 @@ def draw_agreement(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import draw_agreement
     return draw_agreement
+
+
+@pytest.fixture
+def choice_rules(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import choice_rules
+    return choice_rules
+
+
+def test_each_rule_is_scored_by_the_held_out_row_of_its_choice(choice_rules, tmp_path):
+    runs = choice_rules.write_smoke_runs(tmp_path)
+    results = choice_rules.compare(runs, allow_rescore=False, device=None)
+    chosen = {(r["run"], r["rule"]): (r["chosen"], r["dice_all"]) for r in results["per_run"]}
+    mean_rule, paired_rule = list(choice_rules.RULES)[1:]
+    assert chosen[("busi split 0", "cfenet always")] == ("cfenet", 60.0)
+    assert chosen[("busi split 0", mean_rule)] == ("diffusion", 61.0)  # one case's +100 is a +5 mean
+    assert chosen[("busi split 0", paired_rule)] == ("cfenet", 60.0)
+    assert chosen[("busi split 1", paired_rule)] == ("diffusion", 61.0)  # +3 on 18 of 20 cases holds
+    summary = {r["rule"]: r for r in results["summary"]}
+    assert summary[paired_rule]["dice_all"] == pytest.approx(60.5)
+    assert summary[paired_rule]["chosen"] == "cfenet diffusion"
+
+
+def test_a_table_without_per_case_scores_is_not_guessed(choice_rules, tmp_path):
+    result, fold = choice_rules.write_smoke_runs(tmp_path)[0]
+    record = json.loads((fold / "inference_pipeline.json").read_text())
+    for row in record["table"].values():
+        del row["per_case"]
+    (fold / "inference_pipeline.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="--rescore"):
+        choice_rules.compare([(result, fold)], allow_rescore=False, device=None)
 
 
 def test_mean_over_the_splits_of_separate_runs(combine, tmp_path):
@@ -60,3 +93,48 @@ def test_tempered_probabilities_keep_the_segmentation_and_follow_the_draws(draw_
     even = np.stack([np.full((8, 8), k % 2) for k in range(10)])  # two classes, five draws each
     cap = draw_agreement.TEMPER_CAP * (1 - 0.5) / (1 - 1 / 3)
     np.testing.assert_allclose(draw_agreement.tempered(probs, even), (1 - cap) * probs + cap / 3)
+
+
+@pytest.fixture
+def shifted_copy(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import shifted_copy
+    return shifted_copy
+
+
+def test_corruptions_do_what_they_are_named_for(shifted_copy):
+    rng = np.random.default_rng(0)
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:24, 8:24] = 200
+    image[:, :, 1] = 100
+    noisy = shifted_copy.corrupt(image, "noise", 0.2, rng)
+    blurred = shifted_copy.corrupt(image, "blur", 2.0, rng)
+    flat = shifted_copy.corrupt(image, "contrast", 0.3, rng)
+    assert noisy.dtype == blurred.dtype == flat.dtype == np.uint8 and noisy.shape == image.shape
+    assert (noisy.astype(int) - image).std() > 20
+    edge = np.abs(np.diff(image[..., 0].astype(int), axis=1)).max()
+    assert np.abs(np.diff(blurred[..., 0].astype(int), axis=1)).max() < edge / 2  # sharp edge smoothed
+    assert (blurred[..., 1] == 100).all()  # a flat channel stays flat: channels are not mixed
+    assert flat[..., 0].std() == pytest.approx(0.3 * image[..., 0].std(), rel=0.05)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        shifted_copy.corrupt(image, "rain", 1.0, rng)
+
+
+def test_shifted_copy_keeps_labels_and_is_seeded(shifted_copy, tmp_path):
+    raw = shifted_copy.write_smoke_raw(tmp_path / "raw")
+    first = shifted_copy.write_shifted_copy(raw, tmp_path / "a", seed=3)
+    again = shifted_copy.write_shifted_copy(raw, tmp_path / "b", seed=3)
+    assert first == again and [r["kind"] for r in first.values()] == ["noise", "blur", "contrast"] * 2
+    for case in first:
+        name = f"{case}_0000.png"
+        assert (tmp_path / "a" / "imagesTs" / name).read_bytes() == (tmp_path / "b" / "imagesTs" / name).read_bytes()
+        assert (tmp_path / "a" / "imagesTs" / name).read_bytes() != (raw / "imagesTs" / name).read_bytes()
+        assert (tmp_path / "a" / "labelsTs" / f"{case}.png").read_bytes() == \
+            (raw / "labelsTs" / f"{case}.png").read_bytes()
+    assert json.loads((tmp_path / "a" / "corruptions.json").read_text())["cases"] == first
+    with pytest.raises(FileExistsError, match="exists"):
+        shifted_copy.write_shifted_copy(raw, tmp_path / "a")
+    next((raw / "labelsTs").glob("*.png")).unlink()
+    with pytest.raises(FileNotFoundError, match="label of"):
+        shifted_copy.write_shifted_copy(raw, tmp_path / "c")
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))  # nothing half-written
