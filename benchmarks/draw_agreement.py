@@ -13,6 +13,9 @@ raw dataset with imagesTs/labelsTs of single-tile 2D images (what accuracy_real.
   branch's 10 and the eps branch's 10;
 * `draws_vs_prediction`: mean Dice of the draws against the exported segmentation;
 * `confidence_x_agreement`: confidence times draws_vs_prediction;
+* `entropy`: 1 - the mean normalised entropy of the exported probabilities (today's uncertainty.csv reading);
+* `tta_agreement`: mean pairwise Dice of CFENet's segmentations of the image's mirrored copies (nnU-Net's
+  test-time mirroring, each flipped back): the agreement signal nnU-Net already has;
 * `tempered`: the soft-Dice confidence of the exported probabilities shrunk toward uniform by the x0
   draws' per-pixel disagreement (argmax kept), with that map's pixel ECE and Brier next to the exported map's.
 Failure AUROC at Dice < 0.5 and < 0.8 and AURC (risk 1 - Dice), as in failure_detection.py.
@@ -30,11 +33,12 @@ from _common import add_smoke_arg, apply_smoke, meta, print_table, write_json
 
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.failure_metrics import CalibrationAccumulator, aurc, auroc, dice, mean_pairwise_dice
+from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
 from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
 
 NAME = "draw_agreement"
-SCORES = ("confidence", "draws_pairwise", "draws_pairwise_x0", "draws_pairwise_eps", "draws_vs_prediction",
-          "confidence_x_agreement", "tempered")
+SCORES = ("confidence", "entropy", "tta_agreement", "draws_pairwise", "draws_pairwise_x0", "draws_pairwise_eps",
+          "draws_vs_prediction", "confidence_x_agreement", "tempered")
 TEMPER_CAP = 0.99  # never fully uniform: nnU-Net's argmax must keep the exported segmentation
 
 
@@ -45,6 +49,19 @@ def tempered(probs: np.ndarray, draws: np.ndarray) -> np.ndarray:
     vote = np.stack([(draws == k).mean(0) for k in range(c)])
     lam = TEMPER_CAP * (1 - vote.max(0)) / (1 - 1 / c)
     return (1 - lam) * probs + lam / c
+
+
+@torch.no_grad()
+def mirrored_segmentations(net, x: torch.Tensor) -> list[np.ndarray]:
+    """CFENet's label maps of x (1, C_in, *spatial) mirrored along every subset of the spatial axes, each
+    flipped back (nnU-Net's test-time mirroring: 4 copies in 2D, 8 in 3D)."""
+    spatial = list(range(2, x.ndim))
+    segs = []
+    for k in range(2 ** len(spatial)):
+        axes = [a for i, a in enumerate(spatial) if k >> i & 1]
+        probs = pipeline_probabilities(net, torch.flip(x, axes), ["cfenet"])["cfenet"]  # (1, C, *spatial)
+        segs.append(torch.flip(probs, axes)[0].argmax(0).numpy())
+    return segs
 
 
 @torch.no_grad()
@@ -60,7 +77,9 @@ def case_row(net, x: torch.Tensor, gt: np.ndarray, calibration: dict) -> dict:
     for name, p in (("exported", probs), ("tempered", temp)):
         calibration[name].add(1 - p[0], gt > 0)
     conf = case_confidence(probs)
-    return {"dice": dice(seg, gt), "confidence": conf, "draws_pairwise": mean_pairwise_dice(list(draws)),
+    return {"dice": dice(seg, gt), "confidence": conf, "entropy": 1.0 - float(entropy_map(probs).mean()),
+            "tta_agreement": mean_pairwise_dice(mirrored_segmentations(net, x)),
+            "draws_pairwise": mean_pairwise_dice(list(draws)),
             "draws_pairwise_x0": mean_pairwise_dice(list(draws[:half])),
             "draws_pairwise_eps": mean_pairwise_dice(list(draws[half:])), "draws_vs_prediction": agreement,
             "confidence_x_agreement": conf * agreement, "tempered": case_confidence(temp)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -138,3 +139,17 @@ def test_shifted_copy_keeps_labels_and_is_seeded(shifted_copy, tmp_path):
     with pytest.raises(FileNotFoundError, match="label of"):
         shifted_copy.write_shifted_copy(raw, tmp_path / "c")
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))  # nothing half-written
+
+
+def test_test_time_mirroring_copies_are_flipped_back(draw_agreement):
+    from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
+
+    net, cases = draw_agreement.smoke_cases(torch.device("cpu"))
+    _, x, _ = cases[0]
+    segs = draw_agreement.mirrored_segmentations(net, x)
+    assert len(segs) == 4 and all(s.shape == x.shape[2:] for s in segs)
+    plain = pipeline_probabilities(net, x, ["cfenet"])["cfenet"][0].argmax(0).numpy()
+    assert np.array_equal(segs[0], plain)
+    # the copy mirrored along both axes is CFENet's view of the doubly flipped image, flipped back
+    both = pipeline_probabilities(net, torch.flip(x, [2, 3]), ["cfenet"])["cfenet"][0].argmax(0).numpy()
+    assert np.array_equal(segs[3], both[::-1, ::-1])
