@@ -9,13 +9,21 @@ configurations from validation, so a model is never worse there than the CFENet 
 - paper: the paper's inference read literally (eps-decoder DR draws, unclamped PM, STAPLE with one
   pseudo-pixel), whatever the network's own sampler;
 - diffusion+cfenet: the mean of the draws' vote and CFENet's softmax, CFENet as one more ensemble member
-  worth as much as all draws together.
+  worth as much as all draws together;
+- cfenet-gated: CFENet's softmax, except that each connected lesion component of CFENet's segmentation
+  that diffusion+cfenet does not also call lesion anywhere takes diffusion+cfenet's probabilities
+  (background throughout it, so the component is removed). CFENet delineates, the draws decide whether
+  a lesion is there: on real BUSI the draws removed false lesions on lesion-free images but delineated
+  lesions slightly worse than CFENet (benchmarks/README.md, section 9). Components are found per
+  sliding-window tile, before nnU-Net blends the tiles.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
 
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks
@@ -46,13 +54,29 @@ def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str
     if "rs" in names:
         one_step = StagedSampler(OneStepPlan(samples=1, diffusion=s.sampler.diffusion))
         out["rs"] = net.sample(image, one_step, cond).probs[:, 0]
-    if "diffusion" in names or "diffusion+cfenet" in names:
+    if {"diffusion", "diffusion+cfenet", "cfenet-gated"} & set(names):
         masks = net.sample(image, cond=cond).masks  # (B, N, *spatial)
         if "diffusion" in names:
             out["diffusion"] = fuse_masks(masks, c, s.fusion, s.staple_pseudo_pixels)
-        if "diffusion+cfenet" in names:
-            out["diffusion+cfenet"] = (fuse_masks(masks, c, "vote") + softmax) / 2
+        out["diffusion+cfenet"] = (fuse_masks(masks, c, "vote") + softmax) / 2
+        if "cfenet-gated" in names:
+            out["cfenet-gated"] = gate_components(softmax, out["diffusion+cfenet"])
     if "paper" in names:
         paper = StagedSampler(replace(PAPER_SAMPLER, diffusion=s.sampler.diffusion))
         out["paper"] = fuse_masks(net.sample(image, paper, cond).masks, c, "staple", PAPER_PSEUDO_PIXELS)
     return {name: out[name] for name in names}
+
+
+def gate_components(probs: Tensor, gate: Tensor) -> Tensor:
+    """probs (B, C, *spatial) where each connected lesion component of its argmax (any foreground class,
+    face connectivity) in which gate's (B, C, *spatial) argmax is background throughout takes gate's
+    probabilities, so that the component is removed; kept components keep every pixel and class of probs."""
+    seg = probs.argmax(1).cpu().numpy()               # (B, *spatial)
+    confirmed = gate.argmax(1).cpu().numpy() > 0      # (B, *spatial)
+    drop = np.zeros(seg.shape, dtype=bool)
+    for b in range(seg.shape[0]):
+        components, n = ndimage.label(seg[b] > 0)
+        keep = np.bincount(components[confirmed[b]], minlength=n + 1) > 0  # keep[k]: gate finds lesion in k
+        keep[0] = True                                                      # background stays as it is
+        drop[b] = ~keep[components]
+    return torch.where(torch.from_numpy(drop).to(probs.device)[:, None], gate, probs)

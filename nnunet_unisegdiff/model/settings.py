@@ -10,7 +10,7 @@ from nnunet_unisegdiff.diffusion.sampling_plans import PLANS, DDIMPlan, OneStepP
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 
 # the inference pipelines a network can run (model/pipelines.py); "diffusion" = its own sampler + fusion
-PIPELINES = ("cfenet", "rs", "diffusion", "paper", "diffusion+cfenet")
+PIPELINES = ("cfenet", "rs", "diffusion", "paper", "diffusion+cfenet", "cfenet-gated")
 ARCHITECTURE_FIELDS = ("dnet_width", "token_budget", "use_dca")  # fixed by the weights' shapes and layout
 # The record's layout. 2: the sampler as {"kind": plan kind, **plan fields}. 1 (read, not written): the
 # sampler as one flat dict of all plans' fields with a "plan" key, _FORMAT_1_SAMPLER_FIELDS.

@@ -8,7 +8,7 @@ from nnunet_unisegdiff.diffusion.fusion import fuse_masks
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
-from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, pipeline_probabilities
+from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, gate_components, pipeline_probabilities
 from nnunet_unisegdiff.model.settings import PIPELINES
 
 SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2))
@@ -38,6 +38,7 @@ def test_pipelines_are_what_their_names_say(net):
     draws = net.sample(x).masks
     assert torch.equal(out["diffusion"], fuse_masks(draws, 2, "staple", SMALL.staple_pseudo_pixels))
     assert torch.allclose(out["diffusion+cfenet"], (fuse_masks(draws, 2, "vote") + out["cfenet"]) / 2)
+    assert torch.equal(out["cfenet-gated"], gate_components(out["cfenet"], out["diffusion+cfenet"]))
     paper = replace(PAPER_SAMPLER, diffusion=SMALL.sampler.diffusion)
     assert torch.equal(out["paper"], fuse_masks(net.sample(x, StagedSampler(paper)).masks, 2, "staple", None))
 
@@ -65,3 +66,39 @@ def test_given_condition_skips_cfenet_and_gives_the_same_probabilities(net, monk
     monkeypatch.setattr(net, "condition", lambda image: pytest.fail("CFENet ran again"))
     for name, probs in pipeline_probabilities(net, x, PIPELINES, condition).items():
         assert torch.equal(probs, expected[name])
+
+
+def _one_hot(labels: torch.Tensor, num_classes: int, sure: float = 0.9) -> torch.Tensor:
+    """(B, *spatial) labels -> (B, C, *spatial) probabilities with `sure` on the label."""
+    onehot = torch.nn.functional.one_hot(labels, num_classes).movedim(-1, 1).float()
+    return onehot * sure + (1 - onehot) * (1 - sure) / (num_classes - 1)
+
+
+@pytest.mark.parametrize("spatial", [(12, 12), (6, 12, 12)])
+def test_gate_keeps_confirmed_components_whole_and_removes_the_others(spatial):
+    """Two CFENet lesions (classes 1 and 2); the gate sees lesion in one pixel of the first only, and a lesion
+    of its own elsewhere: the first is kept whole with its class, the second removed, the gate's own ignored."""
+    cfenet = torch.zeros(1, *spatial, dtype=torch.long)
+    gate = torch.zeros_like(cfenet)
+    cfenet[..., 1:4, 1:4] = 1
+    cfenet[..., 7:10, 7:10] = 2
+    gate[..., 2, 2] = 1
+    gate[..., 10:12, 0:2] = 1
+    probs, gate_probs = _one_hot(cfenet, 3), _one_hot(gate, 3, sure=0.6)
+    out = gate_components(probs, gate_probs)
+    expected = cfenet.clone()
+    expected[..., 7:10, 7:10] = 0
+    assert torch.equal(out.argmax(1), expected)
+    out, probs, gate_probs = (t.movedim(1, -1) for t in (out, probs, gate_probs))  # classes last
+    assert torch.equal(out[cfenet == 0], probs[cfenet == 0])  # background as CFENet says, gate's lesion too
+    assert torch.equal(out[cfenet == 1], probs[cfenet == 1])
+    assert torch.equal(out[cfenet == 2], gate_probs[cfenet == 2])
+
+
+def test_gate_works_per_image_of_a_batch():
+    cfenet = torch.zeros(2, 8, 8, dtype=torch.long)
+    cfenet[:, 2:5, 2:5] = 1
+    gate = torch.zeros_like(cfenet)
+    gate[1, 3, 3] = 1  # confirms image 1's lesion only
+    out = gate_components(_one_hot(cfenet, 2), _one_hot(gate, 2))
+    assert not out.argmax(1)[0].any() and torch.equal(out.argmax(1)[1], cfenet[1])
