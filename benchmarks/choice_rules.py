@@ -9,6 +9,8 @@ Each --run pairs a result of accuracy.py / accuracy_real.py (one seed or split; 
 `pipeline: NAME`) with that run's UniSegDiff fold folder (its inference_pipeline.json). A table written
 before per-case Dice was recorded is scored again (`--rescore`): the fold's validation cases through its
 checkpoint_final, as the trainer scored them, checked against the recorded means and cached beside the record.
+`--candidates current` scores every fold again with the pipelines this version offers (a fold trained before
+a candidate existed: what its trainer would choose today), the recorded ones checked the same way.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from _common import add_smoke_arg, apply_smoke, meta, print_table, write_json
 
+from nnunet_unisegdiff.model.settings import PIPELINES
 from nnunet_unisegdiff.training.selection import (
     CONFIDENCE,
     MARGIN,
@@ -34,6 +38,7 @@ from nnunet_unisegdiff.training.selection import (
 )
 
 RESCORED = "inference_pipeline.rescored.json"
+RESCORED_CURRENT = "inference_pipeline.rescored_current.json"  # with every pipeline of this version
 RULES = {  # name: (margin, confidence); None: CFENet always (nnUNetTrainer's own prediction)
     "cfenet always": None,
     f"mean, margin {MARGIN}": (MARGIN, None),
@@ -42,9 +47,10 @@ RULES = {  # name: (margin, confidence); None: CFENet always (nnUNetTrainer's ow
 MATCH_TOL = 1e-6  # Dice points: a rescored table must reproduce the recorded means
 
 
-def rescore(fold: Path, device: torch.device) -> dict:
+def rescore(fold: Path, device: torch.device, candidates: list[str] | None = None) -> dict:
     """The fold's validation table with per-case Dice, from its checkpoint_final (benchmark layout:
-    WORK/results/DATASET/TRAINER/fold_N beside WORK/preprocessed/DATASET and WORK/trainers)."""
+    WORK/results/DATASET/TRAINER/fold_N beside WORK/preprocessed/DATASET and WORK/trainers), for `candidates`
+    (default: the recorded table's pipelines)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
@@ -64,7 +70,7 @@ def rescore(fold: Path, device: torch.device) -> dict:
     labels = [int(k) for k in predictor.label_manager.foreground_labels]
     table = score_pipelines(label_map_predictor(predictor, predictor.network.eval()),
                             validation_cases(infer_dataset_class(str(folder)), str(folder), val_keys),
-                            list(recorded), labels)
+                            candidates or list(recorded), labels)
     for name, row in recorded.items():
         if abs(row["dice"] - table[name]["dice"]) > MATCH_TOL:
             raise RuntimeError(f"{fold}: rescored {name} Dice {table[name]['dice']:.4f} differs from the recorded "
@@ -72,18 +78,23 @@ def rescore(fold: Path, device: torch.device) -> dict:
     return table
 
 
-def validation_table(fold: Path, allow_rescore: bool, device: torch.device) -> dict:
+def validation_table(fold: Path, allow_rescore: bool, device: torch.device, current: bool = False) -> dict:
+    if current:
+        return _cached(fold / RESCORED_CURRENT, lambda: rescore(fold, device, list(PIPELINES)))
     table = json.loads((fold / PIPELINE_RECORD).read_text())["table"]
     if all("per_case" in row for row in table.values()):
         return table
-    cached = fold / RESCORED
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    if not allow_rescore:
+    if not allow_rescore and not (fold / RESCORED).is_file():
         raise SystemExit(f"{fold / PIPELINE_RECORD}: no per-case Dice; pass --rescore to score its validation "
                          "cases again")
-    table = rescore(fold, device)
-    cached.write_text(json.dumps(table, indent=2))
+    return _cached(fold / RESCORED, lambda: rescore(fold, device))
+
+
+def _cached(file: Path, score: Callable[[], dict]) -> dict:
+    if file.is_file():
+        return json.loads(file.read_text())
+    table = score()
+    file.write_text(json.dumps(table, indent=2))
     return table
 
 
@@ -102,11 +113,11 @@ def choose(rule: tuple[float, float | None] | None, table: dict) -> str:
     return "cfenet" if rule is None else choose_pipeline(table, *rule)
 
 
-def compare(runs: list[tuple[Path, Path]], allow_rescore: bool, device: torch.device) -> dict:
+def compare(runs: list[tuple[Path, Path]], allow_rescore: bool, device: torch.device, current: bool = False) -> dict:
     per_run, summary = [], []
     for result_file, fold in runs:
         label, held_out = held_out_rows(result_file)
-        table = validation_table(fold, allow_rescore, device)
+        table = validation_table(fold, allow_rescore, device, current)
         for rule_name, rule in RULES.items():
             chosen = choose(rule, table)
             row = held_out[chosen]
@@ -148,6 +159,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", nargs=2, type=Path, action="append", default=[], metavar=("RESULT_JSON", "FOLD_FOLDER"))
     ap.add_argument("--rescore", action="store_true", help="score validation cases again where no per-case Dice")
+    ap.add_argument("--candidates", choices=("recorded", "current"), default="recorded",
+                    help="the recorded table's pipelines, or every pipeline of this version (folds scored again)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None, help="output (default results/choice_rules.json)")
     add_smoke_arg(ap)
@@ -158,13 +171,14 @@ def main(argv=None) -> int:
         ap.error("give at least one --run RESULT_JSON FOLD_FOLDER (or --smoke)")
     os.environ.setdefault("nnUNet_compile", "0")
     device = torch.device(args.device)
-    results = compare(args.run, args.rescore, device)
+    results = compare(args.run, args.rescore, device, args.candidates == "current")
     columns = [("run", "run", "s"), ("rule", "rule", "s"), ("chosen", "chosen", "s"), ("dice_all", "Dice", ".2f"),
                ("dice_lesion", "Dice lesion", ".2f"), ("false_lesions", "false lesions", ".1f")]
     print_table(results["per_run"], columns)
     print()
     print_table(results["summary"], columns)
-    write_json("choice_rules", meta(device, runs=[[str(r), str(f)] for r, f in args.run]), results, args.json)
+    write_json("choice_rules", meta(device, runs=[[str(r), str(f)] for r, f in args.run], candidates=args.candidates),
+               results, args.json)
     return 0
 
 

@@ -57,6 +57,32 @@ def test_a_table_without_per_case_scores_is_not_guessed(choice_rules, tmp_path):
         choice_rules.compare([(result, fold)], allow_rescore=False, device=None)
 
 
+def test_current_candidates_score_the_fold_again_with_every_pipeline_once(choice_rules, tmp_path, monkeypatch):
+    """A fold trained before a candidate existed: its table comes from scoring every current pipeline
+    (cached beside the record), and the rule may then choose the new candidate."""
+    result, fold = choice_rules.write_smoke_runs(tmp_path)[0]
+    rows = json.loads(result.read_text())
+    rows["results"]["per_split"]["0"]["20"]["rows"]["pipeline: cfenet-gated"] = {
+        "dice_all": 63.0, "dice_lesion": 65.0, "false_lesions": 1.0}
+    result.write_text(json.dumps(rows))
+    calls = []
+
+    def rescore(fold_folder, device, candidates=None):
+        calls.append(candidates)
+        base = {f"c{i}": 70.0 for i in range(20)}
+        gated = {k: v + (2.0 if i < 10 else 0.0) for i, (k, v) in enumerate(base.items())}
+        return {name: {"dice": float(np.mean(list(pc.values()))), "per_case": pc}
+                for name, pc in (("cfenet", base), ("cfenet-gated", gated))}
+
+    monkeypatch.setattr(choice_rules, "rescore", rescore)
+    for _ in range(2):
+        results = choice_rules.compare([(result, fold)], allow_rescore=False, device=None, current=True)
+    assert calls == [list(choice_rules.PIPELINES)]  # scored once, then read from the cache
+    paired = next(r for r in results["per_run"] if r["rule"] == list(choice_rules.RULES)[2])
+    assert (paired["chosen"], paired["dice_all"]) == ("cfenet-gated", 63.0)
+    assert "cfenet-gated" in json.loads((fold / choice_rules.RESCORED_CURRENT).read_text())
+
+
 def test_mean_over_the_splits_of_separate_runs(combine, tmp_path):
     paths = combine.write_smoke_runs(tmp_path / "runs")
     results = combine.combine(paths, tmp_path / "out.json")
