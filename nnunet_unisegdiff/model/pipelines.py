@@ -71,12 +71,12 @@ def gate_components(probs: Tensor, gate: Tensor) -> Tensor:
     """probs (B, C, *spatial) where each connected lesion component of its argmax (any foreground class,
     face connectivity) in which gate's (B, C, *spatial) argmax is background throughout takes gate's
     probabilities, so that the component is removed; kept components keep every pixel and class of probs."""
-    seg = probs.argmax(1).cpu().numpy()               # (B, *spatial)
+    lesion = probs.argmax(1).cpu().numpy() > 0        # (B, *spatial)
     confirmed = gate.argmax(1).cpu().numpy() > 0      # (B, *spatial)
-    drop = np.zeros(seg.shape, dtype=bool)
-    for b in range(seg.shape[0]):
-        components, n = ndimage.label(seg[b] > 0)
-        keep = np.bincount(components[confirmed[b]], minlength=n + 1) > 0  # keep[k]: gate finds lesion in k
-        keep[0] = True                                                      # background stays as it is
-        drop[b] = ~keep[components]
-    return torch.where(torch.from_numpy(drop).to(probs.device)[:, None], gate, probs)
+    structure = np.zeros((3,) * lesion.ndim, dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(lesion.ndim - 1, 1)  # no connection across the batch
+    components, n = ndimage.label(lesion, structure)
+    keep = np.bincount(components[confirmed], minlength=n + 1) > 0  # keep[k]: the gate finds lesion in k
+    keep[0] = True                                                  # background stays as it is
+    drop = torch.from_numpy(~keep[components]).to(probs.device)[:, None]
+    return torch.where(drop, gate, probs)
