@@ -1,23 +1,26 @@
 """Do the 20 draws differ where the model is wrong? Per held-out case of a trained UniSegDiff fold
 (issue 14, item 2): the real Dice of the prediction, and scores read from the draws.
 
-    .venv/bin/python benchmarks/draw_agreement.py MODEL_FOLDER RAW_DATASET [--trainer-dir DIR]
+    .venv/bin/python benchmarks/draw_agreement.py MODEL_FOLDER RAW_DATASET [--trainer-dir DIR] [--pipeline NAME]
     .venv/bin/python benchmarks/draw_agreement.py --smoke   # an untrained tiny network on synthetic images
 
 MODEL_FOLDER: a UniSegDiff trainer's output folder (fold 0's checkpoint_final.pth); RAW_DATASET: an nnU-Net
 raw dataset with imagesTs/labelsTs of single-tile 2D images (what accuracy_real.py writes per split);
 --trainer-dir: where a custom trainer class lives (added to nnUNet_extTrainer). Per case and score:
 
-* `confidence`: the soft-Dice confidence of the probabilities the network exports (its chosen pipeline);
+* `confidence`: the soft-Dice confidence of the chosen pipeline's probabilities (or --pipeline's), untempered
+  (what models of settings format 2 export);
 * `draws_pairwise`, `draws_pairwise_x0`, `draws_pairwise_eps`: mean pairwise Dice among the 20 draws, the x0
   branch's 10 and the eps branch's 10;
 * `draws_vs_prediction`: mean Dice of the draws against the exported segmentation;
 * `confidence_x_agreement`: confidence times draws_vs_prediction;
-* `entropy`: 1 - the mean normalised entropy of the exported probabilities (today's uncertainty.csv reading);
+* `entropy`: 1 - the mean normalised entropy of the untempered probabilities (uncertainty.csv's old reading);
 * `tta_agreement`: mean pairwise Dice of CFENet's segmentations of the image's mirrored copies (nnU-Net's
   test-time mirroring, each flipped back): the agreement signal nnU-Net already has;
-* `tempered`: the soft-Dice confidence of the exported probabilities shrunk toward uniform by the x0
-  draws' per-pixel disagreement (argmax kept), with that map's pixel ECE and Brier next to the exported map's.
+* `tempered`: the soft-Dice confidence of those probabilities shrunk toward uniform by the 20 draws' per-pixel
+  disagreement (argmax kept; diffusion/fusion.py `temper_by_draws`), what a model exports when it tempers
+  (`temper_with_draws`: by default for the pipelines built on the draws), with that map's pixel ECE and Brier
+  next to the untempered map's. Results written before tempering shipped used the 10 x0 draws here.
 Failure AUROC at Dice < 0.5 and < 0.8 and AURC (risk 1 - Dice), as in failure_detection.py.
 """
 from __future__ import annotations
@@ -25,32 +28,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from _common import add_smoke_arg, apply_smoke, meta, print_table, write_json
 
+from nnunet_unisegdiff.diffusion.fusion import temper_by_draws
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.failure_metrics import CalibrationAccumulator, aurc, auroc, dice, mean_pairwise_dice
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
 from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
+from nnunet_unisegdiff.model.settings import PIPELINES
 
 NAME = "draw_agreement"
 SCORES = ("confidence", "entropy", "tta_agreement", "draws_pairwise", "draws_pairwise_x0", "draws_pairwise_eps",
           "draws_vs_prediction", "confidence_x_agreement", "tempered")
-TEMPER_CAP = 0.99  # never fully uniform: nnU-Net's argmax must keep the exported segmentation
-
-
-def tempered(probs: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """probs (C, *spatial) shrunk toward uniform by the draws' (N, *spatial) disagreement: 0 where all draws
-    agree, TEMPER_CAP where they split evenly among the classes; the argmax is unchanged."""
-    c = probs.shape[0]
-    vote = np.stack([(draws == k).mean(0) for k in range(c)])
-    lam = TEMPER_CAP * (1 - vote.max(0)) / (1 - 1 / c)
-    return (1 - lam) * probs + lam / c
-
-
 @torch.no_grad()
 def mirrored_segmentations(net, x: torch.Tensor) -> list[np.ndarray]:
     """CFENet's label maps of x (1, C_in, *spatial) mirrored along every subset of the spatial axes, each
@@ -68,13 +62,14 @@ def mirrored_segmentations(net, x: torch.Tensor) -> list[np.ndarray]:
 def case_row(net, x: torch.Tensor, gt: np.ndarray, calibration: dict) -> dict:
     """Scores of one preprocessed single-tile image x (1, C_in, *spatial) with ground truth gt (*spatial)."""
     chosen, condition = net.settings.pipeline, net.condition(x)  # CFENet once for both
-    probs = pipeline_probabilities(net, x, [chosen], condition)[chosen][0].float().numpy()  # (C, *spatial)
-    draws = net.sample(x, cond=condition[1]).masks[0].numpy()  # (N, *spatial): x0 branch first, then eps
+    probs_t = pipeline_probabilities(net, x, [chosen], condition)[chosen]  # (1, C, *spatial), untempered
+    draws_t = net.sample(x, cond=condition[1]).masks  # (1, N, *spatial): x0 branch first, then eps
+    probs, temp = probs_t[0].float().numpy(), temper_by_draws(probs_t, draws_t)[0].float().numpy()
+    draws = draws_t[0].numpy()
     seg = probs.argmax(0)
     half = draws.shape[0] // 2
     agreement = float(np.mean([dice(d, seg) for d in draws]))
-    temp = tempered(probs, draws[:half])
-    for name, p in (("exported", probs), ("tempered", temp)):
+    for name, p in (("untempered", probs), ("tempered", temp)):
         calibration[name].add(1 - p[0], gt > 0)
     conf = case_confidence(probs)
     return {"dice": dice(seg, gt), "confidence": conf, "entropy": 1.0 - float(entropy_map(probs).mean()),
@@ -140,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("model", type=Path, nargs="?", help="a UniSegDiff trainer's output folder")
     ap.add_argument("raw", type=Path, nargs="?", help="nnU-Net raw dataset with imagesTs and labelsTs")
     ap.add_argument("--trainer-dir", type=Path, default=None, help="folder of a custom trainer class")
+    ap.add_argument("--pipeline", choices=PIPELINES, default=None,
+                    help="score this pipeline's probabilities instead of the one the checkpoint records")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     add_smoke_arg(ap)
@@ -157,7 +154,9 @@ def main(argv=None) -> int:
             from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
             os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), str(args.trainer_dir)])
         net, cases = model_cases(args.model, args.raw, device)
-    calibration = {"exported": CalibrationAccumulator(), "tempered": CalibrationAccumulator()}
+    if args.pipeline is not None:
+        net.set_settings(replace(net.settings, pipeline=args.pipeline))
+    calibration = {"untempered": CalibrationAccumulator(), "tempered": CalibrationAccumulator()}
     rows = [{"case": case, **case_row(net, x, gt, calibration)} for case, x, gt in cases]
     summary = summarize(rows, calibration)
     print(f"{summary['cases']} cases, pipeline {net.settings.pipeline}, mean Dice {summary['mean_dice']:.3f}, "

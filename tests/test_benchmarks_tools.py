@@ -1,5 +1,5 @@
 """Tools in benchmarks/: combine.py (runs made one split at a time combine into the mean of all; runs that
-do not average are refused by name), draw_agreement.py's tempered probabilities and choice_rules.py (each
+do not average are refused by name), draw_agreement.py's mirrored copies and choice_rules.py (each
 rule's choice on a recorded validation table, scored by that pipeline's held-out row) and shifted_copy.py
 (a corrupted copy of held-out images, labels unchanged)."""
 import json
@@ -106,20 +106,6 @@ def test_runs_with_other_settings_or_the_same_split_are_refused(combine, tmp_pat
     with pytest.raises(combine.CombineError, match="settings differ .*size '128' vs '64'"):
         combine.combine([first, second], tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
-
-
-def test_tempered_probabilities_keep_the_segmentation_and_follow_the_draws(draw_agreement):
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(3), size=(8, 8)).transpose(2, 0, 1)  # (C, H, W)
-    agree = np.repeat(probs.argmax(0)[None], 10, axis=0)  # every draw is the prediction
-    np.testing.assert_allclose(draw_agreement.tempered(probs, agree), probs)
-    split = rng.integers(0, 3, size=(10, 8, 8))  # draws that disagree
-    out = draw_agreement.tempered(probs, split)
-    assert (out.argmax(0) == probs.argmax(0)).all()
-    np.testing.assert_allclose(out.sum(0), 1.0)
-    even = np.stack([np.full((8, 8), k % 2) for k in range(10)])  # two classes, five draws each
-    cap = draw_agreement.TEMPER_CAP * (1 - 0.5) / (1 - 1 / 3)
-    np.testing.assert_allclose(draw_agreement.tempered(probs, even), (1 - cap) * probs + cap / 3)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from nnunet_unisegdiff.diffusion.staple import staple_multiclass
 
 # nnU-Net accumulates logits in fp16 and rejects infinities: log(1e-4) = -9.2 stays finite
 MIN_PROB = 1e-4
+TEMPER_CAP = 0.99  # never fully uniform, so the argmax (nnU-Net's segmentation) is kept
 
 
 def fuse_masks(masks: Tensor, num_classes: int, method: str = "staple",
@@ -31,6 +32,21 @@ def fuse_masks(masks: Tensor, num_classes: int, method: str = "staple",
         classes = torch.arange(num_classes, device=masks.device).view(1, 1, num_classes, *[1] * (masks.ndim - 2))
         return (masks.unsqueeze(2) == classes).float().mean(1)
     raise ValueError(f"fusion method must be 'staple' or 'vote', got {method!r}")
+
+
+def temper_by_draws(probs: Tensor, masks: Tensor, cap: float = TEMPER_CAP) -> Tensor:
+    """probs (B, C, *spatial) shrunk toward uniform where the draws masks (B, N, *spatial) disagree: not at
+    all where every draw gives the same class, by `cap` where they split evenly among the C classes.
+
+    Why: a pipeline's probabilities are crisp (CFENet's softmax is polarised, STAPLE's posterior saturates),
+    so the saved probabilities said nothing of the draws. Tempered, they show where and how much the
+    draws disagree, the per-case confidence read from them ranks failed segmentations better, and they
+    are better calibrated (benchmarks/README.md, section 10). Each pixel keeps its argmax, so the
+    segmentation is the pipeline's.
+    """
+    c = probs.shape[1]
+    lam = cap * (1 - fuse_masks(masks, c, "vote").amax(1, keepdim=True)) / (1 - 1 / c)  # (B, 1, *spatial)
+    return (1 - lam) * probs + lam / c
 
 
 def probabilities_to_logits(probs: Tensor) -> Tensor:

@@ -3,17 +3,19 @@
 nnU-Net never instantiates a trainer at inference: it calls the static-style
 `build_network_architecture` and loads `network_weights` strictly, then runs `network(tile)` in eval
 mode. So in eval mode `forward(image)` runs the recorded inference pipeline (model/pipelines.py;
-default: staged sampling + STAPLE) and returns logits whose softmax is its probabilities. Until DNet is
-trained (a flag kept in the state dict) it returns CFENet's logits, which is what phase-A validation needs.
+default: staged sampling + STAPLE, probabilities tempered by the draws) and returns logits whose softmax
+is its probabilities. Until DNet is trained (a flag kept in the state dict) it returns CFENet's logits,
+which is what phase-A validation needs.
 
-The settings (sampler, fusion, STAPLE prior, seed, pipeline) travel in the state dict as torch's
+The settings (sampler, fusion, STAPLE prior, seed, pipeline, tempering) travel in the state dict as torch's
 `_extra_state`, so nnU-Net's predictor, which builds the network from the trainer class and then loads
 the weights, predicts with what the checkpoint recorded. A checkpoint saved before the settings were
-recorded loads with the class's settings and a log line naming them.
+recorded loads with the class's settings, untempered as it predicted then, and a log line naming them.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -28,7 +30,7 @@ from nnunet_unisegdiff.model.denoiser import Denoiser
 from nnunet_unisegdiff.model.dnet import DNet
 from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
 from nnunet_unisegdiff.model.settings import (ARCHITECTURE_FIELDS, SETTINGS_FORMAT, UniSegDiffSettings,
-                                              settings_from_dict, settings_to_dict)
+                                              settings_from_dict, settings_to_dict, tempers)
 
 __all__ = ["UniSegDiffNetwork", "UniSegDiffSettings", "build_unisegdiff_network"]
 log = logging.getLogger("nnunet_unisegdiff")
@@ -80,6 +82,11 @@ class UniSegDiffNetwork(nn.Module):
             return "cfenet"
         return self.settings.pipeline
 
+    @property
+    def tempers(self) -> bool:
+        """Whether `network(image)` exports probabilities tempered by the draws (eval mode, DNet trained)."""
+        return not self.training and bool(self.dnet_trained) and tempers(self.settings)
+
     def forward(self, image: Tensor, x_t: Tensor | None = None, t: Tensor | None = None):
         """Two calls:
         - `network(image)` -> logits (B, C, *spatial) of `active_pipeline` (what nnU-Net trains phase A on,
@@ -88,7 +95,7 @@ class UniSegDiffNetwork(nn.Module):
           t (B,): phase B's training step, which must pass through forward for DDP's gradient sync."""
         if x_t is not None:
             return self.denoiser(self.condition(image)[1])(x_t, t)
-        if self.active_pipeline == "cfenet":
+        if self.active_pipeline == "cfenet" and not self.tempers:
             return self.cfenet(image)  # nnU-Net's own logits, bit for bit
         return probabilities_to_logits(self.predict_probabilities(image))
 
@@ -111,8 +118,10 @@ class UniSegDiffNetwork(nn.Module):
         return sampler.sample(self.denoiser(cond), shape, image.device, generator)
 
     def predict_probabilities(self, image: Tensor) -> Tensor:
-        """(B, C_in, *spatial) -> class probabilities (B, C, *spatial) of the recorded pipeline."""
-        return pipeline_probabilities(self, image, [self.settings.pipeline])[self.settings.pipeline]
+        """(B, C_in, *spatial) -> class probabilities (B, C, *spatial) of the recorded pipeline, tempered by
+        the draws if the record says so."""
+        name = self.settings.pipeline
+        return pipeline_probabilities(self, image, [name], temper=tempers(self.settings))[name]
 
     # ---- the settings record in the state dict ---------------------------------------------------
     def set_settings(self, settings: UniSegDiffSettings) -> None:
@@ -133,9 +142,11 @@ class UniSegDiffNetwork(nn.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         if EXTRA_STATE_KEY not in state_dict:
+            assumed = replace(self.settings, temper_with_draws="off")  # tempering came after the record
             log.warning("UniSegDiff checkpoint without recorded inference settings (saved by a version before "
-                        "they were recorded): predicting with the trainer class's settings %s", self.settings)
-            state_dict = {**state_dict, EXTRA_STATE_KEY: self.get_extra_state()}
+                        "they were recorded): predicting with the trainer class's settings, untempered, %s", assumed)
+            state_dict = {**state_dict, EXTRA_STATE_KEY: {"format": SETTINGS_FORMAT,
+                                                          "settings": settings_to_dict(assumed)}}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 

@@ -16,6 +16,12 @@ configurations from validation, so a model is never worse there than the CFENet 
   a lesion is there: on real BUSI the draws removed false lesions on lesion-free images but delineated
   lesions slightly worse than CFENet (benchmarks/README.md, section 9). Components are found per
   sliding-window tile, before nnU-Net blends the tiles.
+
+With `temper_with_draws` the network exports a pipeline's probabilities shrunk toward uniform where the
+network's 20 draws disagree: the segmentation stays the pipeline's, the saved probabilities carry the
+draws' disagreement (issue 14). By default ("free", settings format 3) only the pipelines that sample
+those draws anyway are tempered; "on" tempers `cfenet`, `rs` and `paper` too, at 12 more DNet calls per
+tile and mirror.
 """
 from __future__ import annotations
 
@@ -26,10 +32,10 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from nnunet_unisegdiff.diffusion.fusion import fuse_masks
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks, temper_by_draws
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import OneStepPlan, StagedPlan
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.settings import DRAW_PIPELINES, PIPELINES
 
 PAPER_SAMPLER = StagedPlan(clamp_x0=False, dr_head="eps")  # with the network's diffusion settings
 PAPER_PSEUDO_PIXELS = None  # STAPLE's prior as the paper reads: one pseudo-pixel
@@ -38,24 +44,33 @@ DNET_PIPELINES = tuple(p for p in PIPELINES if p != "cfenet")
 
 @torch.no_grad()
 def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str],
-                           condition: tuple[Tensor, list[Tensor]] | None = None) -> dict[str, Tensor]:
+                           condition: tuple[Tensor, list[Tensor]] | None = None,
+                           temper: bool = False) -> dict[str, Tensor]:
     """{name: (B, C, *spatial) class probabilities} for a UniSegDiffNetwork `net` and image (B, C_in,
     *spatial); CFENet runs once (not at all when its `condition` output is given) and one set of draws
-    serves every pipeline built on the network's sampler."""
+    serves every pipeline built on the network's sampler. temper: each pipeline's probabilities shrunk
+    where those draws disagree (diffusion/fusion.py `temper_by_draws`; argmax kept)."""
     unknown = set(names) - set(PIPELINES)
     if unknown:
         raise ValueError(f"unknown inference pipeline(s) {sorted(unknown)}; known: {', '.join(PIPELINES)}")
     s, c = net.settings, net.num_classes
     logits, cond = condition if condition is not None else net.condition(image)
     softmax = logits.float().softmax(1)
+    draws: list[Tensor] = []  # the network's draws (B, N, *spatial), sampled once when first needed
+
+    def network_draws() -> Tensor:
+        if not draws:
+            draws.append(net.sample(image, cond=cond).masks)
+        return draws[0]
+
     out: dict[str, Tensor] = {}
     if "cfenet" in names:
         out["cfenet"] = softmax
     if "rs" in names:
         one_step = StagedSampler(OneStepPlan(samples=1, diffusion=s.sampler.diffusion))
         out["rs"] = net.sample(image, one_step, cond).probs[:, 0]
-    if {"diffusion", "diffusion+cfenet", "cfenet-gated"} & set(names):
-        masks = net.sample(image, cond=cond).masks  # (B, N, *spatial)
+    if set(DRAW_PIPELINES) & set(names):
+        masks = network_draws()
         if "diffusion" in names:
             out["diffusion"] = fuse_masks(masks, c, s.fusion, s.staple_pseudo_pixels)
         out["diffusion+cfenet"] = (fuse_masks(masks, c, "vote") + softmax) / 2
@@ -64,6 +79,8 @@ def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str
     if "paper" in names:
         paper = StagedSampler(replace(PAPER_SAMPLER, diffusion=s.sampler.diffusion))
         out["paper"] = fuse_masks(net.sample(image, paper, cond).masks, c, "staple", PAPER_PSEUDO_PIXELS)
+    if temper:
+        return {name: temper_by_draws(out[name], network_draws()) for name in names}
     return {name: out[name] for name in names}
 
 

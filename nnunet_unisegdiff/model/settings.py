@@ -11,10 +11,16 @@ from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 
 # the inference pipelines a network can run (model/pipelines.py); "diffusion" = its own sampler + fusion
 PIPELINES = ("cfenet", "rs", "diffusion", "paper", "diffusion+cfenet", "cfenet-gated")
+DRAW_PIPELINES = ("diffusion", "diffusion+cfenet", "cfenet-gated")  # built on the network's own 20 draws
+# when the exported probabilities are tempered by the draws (diffusion/fusion.py temper_by_draws): never; when
+# the pipeline samples the draws anyway (DRAW_PIPELINES, at no cost); always (cfenet, rs, paper: 12 more DNet calls)
+TEMPER_MODES = ("off", "free", "on")
 ARCHITECTURE_FIELDS = ("dnet_width", "token_budget", "use_dca")  # fixed by the weights' shapes and layout
-# The record's layout. 2: the sampler as {"kind": plan kind, **plan fields}. 1 (read, not written): the
-# sampler as one flat dict of all plans' fields with a "plan" key, _FORMAT_1_SAMPLER_FIELDS.
-SETTINGS_FORMAT = 2
+# The record's layout. 3: with temper_with_draws. 2 (read, not written): the sampler as {"kind": plan kind,
+# **plan fields}, no tempering (those models exported their pipeline's probabilities as they were). 1 (read,
+# not written): the sampler as one flat dict of all plans' fields with a "plan" key, _FORMAT_1_SAMPLER_FIELDS.
+SETTINGS_FORMAT = 3
+READ_FORMATS = (1, 2, 3)
 _FORMAT_1_SAMPLER_FIELDS = ("plan", "draws_per_branch", "interval", "diffusion", "renoise", "clamp_x0", "dr_head",
                            "ddim_steps", "ddim_prediction", "eta")
 
@@ -30,15 +36,25 @@ class UniSegDiffSettings:
     staple_pseudo_pixels: float | None = 0.03  # STAPLE's rate prior, fraction of pixels (None: paper, 1 pixel)
     seed: int | None = 0             # noise seed per forward call: predictions are reproducible
     pipeline: str = "diffusion"      # what eval forward returns (one of PIPELINES); the trainer may choose
+    temper_with_draws: str = "free"  # exported probabilities shrunk where the draws disagree (TEMPER_MODES)
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
             raise ValueError(f"unknown inference pipeline {self.pipeline!r}; one of {', '.join(PIPELINES)}")
+        if self.temper_with_draws not in TEMPER_MODES:
+            raise ValueError(f"temper_with_draws must be one of {', '.join(TEMPER_MODES)}, "
+                             f"got {self.temper_with_draws!r}")
         if self.fusion not in ("staple", "vote"):
             raise ValueError(f"fusion must be 'staple' or 'vote', got {self.fusion!r}")
         if not isinstance(self.sampler, SamplingPlan):
             raise TypeError(f"sampler must be a sampling plan ({', '.join(p.__name__ for p in PLANS.values())}), "
                             f"got {self.sampler!r}")
+
+
+def tempers(settings: UniSegDiffSettings) -> bool:
+    """Whether a network with these settings exports its pipeline's probabilities tempered by the draws."""
+    mode = settings.temper_with_draws
+    return mode == "on" or (mode == "free" and settings.pipeline in DRAW_PIPELINES)
 
 
 def settings_to_dict(settings: UniSegDiffSettings) -> dict[str, Any]:
@@ -47,15 +63,19 @@ def settings_to_dict(settings: UniSegDiffSettings) -> dict[str, Any]:
 
 
 def settings_from_dict(record: dict[str, Any], record_format: int = SETTINGS_FORMAT) -> UniSegDiffSettings:
-    """Inverse of `settings_to_dict`, also for a record of format 1. A record with other fields than its
-    format's is refused: filling a missing field from today's class defaults would silently change how an
-    old model predicts."""
-    if record_format not in (1, SETTINGS_FORMAT):
-        raise ValueError(f"UniSegDiff settings record of format {record_format}, this version reads formats 1 "
-                         f"and {SETTINGS_FORMAT}")
-    _require_fields("UniSegDiff settings", record, [f.name for f in fields(UniSegDiffSettings)])
+    """Inverse of `settings_to_dict`, also for a record of format 1 or 2 (read as predicting without
+    tempering, as they did). A record with other fields than its format's is refused: filling a missing
+    field from today's class defaults would silently change how an old model predicts."""
+    if record_format not in READ_FORMATS:
+        raise ValueError(f"UniSegDiff settings record of format {record_format}, this version reads formats "
+                         f"{', '.join(map(str, READ_FORMATS))}")
+    names = [f.name for f in fields(UniSegDiffSettings)]
+    before_tempering = record_format < 3
+    _require_fields("UniSegDiff settings", record, [n for n in names if not (before_tempering
+                                                                             and n == "temper_with_draws")])
     sampler = _format_1_sampler(record["sampler"]) if record_format == 1 else record["sampler"]
-    return UniSegDiffSettings(**{**record, "sampler": _plan_from_dict(sampler)})
+    return UniSegDiffSettings(**{**record, "sampler": _plan_from_dict(sampler),
+                                 **({"temper_with_draws": "off"} if before_tempering else {})})
 
 
 def _plan_from_dict(record: dict[str, Any]) -> SamplingPlan:

@@ -1,8 +1,13 @@
-"""`unisegdiff pipeline MODEL_FOLDER -f FOLD [--set NAME | --pool]`: show which inference pipeline a trained
-fold predicts with (the validation table the trainer chose it from), override the choice, or choose once for
-several folds from their pooled validation cases. The choice lives in the checkpoint's settings record, so
-nnUNetv2_predict, ensembling and find_best_configuration all follow it; the checkpoint is rewritten
-atomically and the record notes the override.
+"""`unisegdiff pipeline MODEL_FOLDER -f FOLD [--set NAME | --pool] [--temper on|off]`: show which inference
+pipeline a trained fold predicts with (the validation table the trainer chose it from), override the choice, or
+choose once for several folds from their pooled validation cases; and whether its saved probabilities are
+tempered by the draws. Both live in the checkpoint's settings record, so nnUNetv2_predict, ensembling and
+find_best_configuration all follow them; the checkpoint is rewritten atomically and the record notes the
+override.
+
+`--temper`: `free` (the default of new trainings) tempers the probabilities of the pipelines that sample the
+draws anyway; `on` also those of `cfenet`, `rs` and `paper`, at 12 more DNet calls per tile and mirror;
+`off` exports every pipeline's probabilities as they are, as models of older versions do.
 
 `--pool` is nnU-Net's habit of choosing from all folds' validation together: each fold alone chooses on a
 fifth of the training cases, where a few images can decide; pooled, the same rule sees all of them.
@@ -13,11 +18,21 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.network import EXTRA_STATE_KEY
+from nnunet_unisegdiff.model.settings import (
+    PIPELINES,
+    SETTINGS_FORMAT,
+    TEMPER_MODES,
+    UniSegDiffSettings,
+    settings_from_dict,
+    settings_to_dict,
+    tempers,
+)
 from nnunet_unisegdiff.training.selection import (
     CONFIDENCE,
     MARGIN,
@@ -43,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     choice.add_argument("--pool", action="store_true",
                         help="choose one pipeline for all the given folds from their validation cases together "
                              "(the rule the trainer used) and predict with it in each")
+    p.add_argument("--temper", choices=TEMPER_MODES, default=None,
+                   help="when to export probabilities tempered by the draws' disagreement (segmentation unchanged): "
+                        "off, free (only pipelines that sample the draws anyway), on (always)")
     p.set_defaults(func=run)
 
 
@@ -51,21 +69,37 @@ def set_pipeline(checkpoint_file: Path, pipeline: str) -> str:
     for CFENet alone, as the trainer records it); returns the previous pipeline."""
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    record = checkpoint["network_weights"].get("_extra_state")
-    if record is None:
-        raise ValueError(f"{checkpoint_file}: no recorded inference settings (not a UniSegDiff checkpoint, or one "
-                         "saved before they were recorded); retrain or predict with the trainer's defaults")
-    previous = record["settings"]["pipeline"]
-    record["settings"]["pipeline"] = pipeline
+    checkpoint, settings = _load_settings(checkpoint_file)
     meta = checkpoint.get("unisegdiff", {})
     if "plan_mirroring_axes" in meta:  # checkpoints from before it was recorded keep their mirroring
         checkpoint["inference_allowed_mirroring_axes"] = mirroring_axes(pipeline, meta["plan_mirroring_axes"],
                                                                         meta["dnet_mirroring"])
+    _save_settings(checkpoint, checkpoint_file, replace(settings, pipeline=pipeline))
+    return settings.pipeline
+
+
+def set_tempering(checkpoint_file: Path, temper: str) -> str:
+    """Rewrite when the checkpoint exports probabilities tempered by the draws (one of TEMPER_MODES); returns
+    the previous mode. A record of an older format is rewritten in today's, its other settings as it read them."""
+    checkpoint, settings = _load_settings(checkpoint_file)
+    _save_settings(checkpoint, checkpoint_file, replace(settings, temper_with_draws=temper))
+    return settings.temper_with_draws
+
+
+def _load_settings(checkpoint_file: Path) -> tuple[dict, UniSegDiffSettings]:
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    record = checkpoint["network_weights"].get(EXTRA_STATE_KEY)
+    if record is None:
+        raise ValueError(f"{checkpoint_file}: no recorded inference settings (not a UniSegDiff checkpoint, or one "
+                         "saved before they were recorded); retrain or predict with the trainer's defaults")
+    return checkpoint, settings_from_dict(record["settings"], record.get("format"))
+
+
+def _save_settings(checkpoint: dict, checkpoint_file: Path, settings: UniSegDiffSettings) -> None:
+    checkpoint["network_weights"][EXTRA_STATE_KEY] = {"format": SETTINGS_FORMAT, "settings": settings_to_dict(settings)}
     partial = f"{checkpoint_file}.partial"
     torch.save(checkpoint, partial)
     os.replace(partial, checkpoint_file)
-    return previous
 
 
 def _error(message: str) -> int:
@@ -121,8 +155,13 @@ def pool(model_folder: Path, folds: list[str], checkpoint_name: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.pool:
-        return pool(args.model_folder, args.folds, args.checkpoint)
+    status = pool(args.model_folder, args.folds, args.checkpoint) if args.pool else show_or_set(args)
+    if status == 0 and args.temper is not None:
+        status = temper_folds(args.model_folder, args.folds, args.checkpoint, args.temper)
+    return status
+
+
+def show_or_set(args: argparse.Namespace) -> int:
     for fold in args.folds:
         folder = args.model_folder / f"fold_{fold}"
         checkpoint = folder / args.checkpoint
@@ -133,13 +172,29 @@ def run(args: argparse.Namespace) -> int:
             print(f"{folder}: chosen on validation: {record['chosen']} ({record['rule']})")
             print(format_table(record["table"], record["chosen"]))
         if args.set is None:
-            settings = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"].get(
-                "_extra_state")
-            print(f"{checkpoint.name} predicts with: "
-                  f"{settings['settings']['pipeline'] if settings else 'unrecorded (the trainer class default)'}")
+            try:
+                settings = _load_settings(checkpoint)[1]
+                print(f"{checkpoint.name} predicts with: {settings.pipeline}, probabilities "
+                      f"{'tempered by the draws' if tempers(settings) else 'untempered'} "
+                      f"(--temper {settings.temper_with_draws})")
+            except ValueError:
+                print(f"{checkpoint.name} predicts with: unrecorded (the trainer class default)")
             continue
         try:
             _override(folder, checkpoint, args.set, "overridden")
         except ValueError as e:
             return _error(str(e))
+    return 0
+
+
+def temper_folds(model_folder: Path, folds: list[str], checkpoint_name: str, temper: str) -> int:
+    for fold in folds:
+        checkpoint = model_folder / f"fold_{fold}" / checkpoint_name
+        if not checkpoint.is_file():
+            return _error(f"{checkpoint} does not exist")
+        try:
+            previous = set_tempering(checkpoint, temper)
+        except ValueError as e:
+            return _error(str(e))
+        print(f"{checkpoint}: --temper {previous} -> {temper}")
     return 0

@@ -50,14 +50,18 @@ def case_dice(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float
 
 def label_map_predictor(predictor: nnUNetPredictor, net) -> Callable[[str, np.ndarray], np.ndarray]:
     """predict(pipeline, data (C, *spatial)) -> label map (*spatial): nnU-Net's sliding-window prediction with
-    the UniSegDiff network `net` (the predictor's network) set to each pipeline in turn."""
+    the UniSegDiff network `net` (the predictor's network) set to each pipeline in turn, untempered (tempering
+    keeps every call's argmax), its settings restored after."""
     settings = net.settings
 
     def predict(pipeline: str, data: np.ndarray) -> np.ndarray:
-        net.set_settings(replace(settings, pipeline=pipeline))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nnU-Net's 'array is not writable'
-            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data))
+        net.set_settings(replace(settings, pipeline=pipeline, temper_with_draws="off"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # nnU-Net's 'array is not writable'
+                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data))
+        finally:
+            net.set_settings(settings)
         return logits.argmax(0).cpu().numpy()
 
     return predict

@@ -119,6 +119,8 @@ class nnUNetTrainerDemoBaseline(nnUNetTrainer):
 
 class nnUNetTrainerUniSegDiffPaper(nnUNetTrainerUniSegDiff):
     """The paper's inference taken literally: DR draws from the eps decoder, PM estimates unclamped,
-    STAPLE with a fixed prior of 0.5 (and one pseudo-pixel), always (no choice of pipeline)."""
-    unisegdiff = replace(_BASE, sampler=PAPER_SAMPLER, fusion="staple", staple_pseudo_pixels=PAPER_PSEUDO_PIXELS)
+    STAPLE with a fixed prior of 0.5 (and one pseudo-pixel), always (no choice of pipeline); STAPLE's
+    posterior is exported as it is, untempered."""
+    unisegdiff = replace(_BASE, sampler=PAPER_SAMPLER, fusion="staple", staple_pseudo_pixels=PAPER_PSEUDO_PIXELS,
+                         temper_with_draws="off")
     inference_pipeline = "diffusion"

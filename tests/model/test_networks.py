@@ -3,7 +3,7 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits, temper_by_draws
 from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.dnet import DNet
 from nnunet_unisegdiff.model.injection import DualCrossAttention, FeatureFusion
@@ -91,7 +91,7 @@ def test_untrained_network_predicts_with_cfenet(plan_2d):
 
 
 @pytest.mark.parametrize("plan", ["plan_2d", "plan_3d"])
-def test_eval_forward_returns_finite_logits_of_the_fused_posterior(plan, request):
+def test_eval_forward_returns_finite_logits_of_the_tempered_fused_posterior(plan, request):
     pm, cfg = request.getfixturevalue(plan)
     net = _net(pm, cfg).eval()
     net.dnet_trained.fill_(True)
@@ -102,7 +102,7 @@ def test_eval_forward_returns_finite_logits_of_the_fused_posterior(plan, request
     assert result.masks.shape == (1, 4, *cfg.patch_size)  # 2 branches x 2 draws
     assert torch.equal(net.sample(x, net.sampler, net.condition(x)[1]).masks, result.masks)  # reused CFENet pass
     fused = fuse_masks(result.masks, 2, net.settings.fusion, net.settings.staple_pseudo_pixels)
-    expected = probabilities_to_logits(fused)
+    expected = probabilities_to_logits(temper_by_draws(fused, result.masks))
     assert torch.allclose(logits, expected)  # seeded: the same draws again
     assert torch.allclose(logits.softmax(1).sum(1), torch.ones(1))
     assert torch.isfinite(logits.half()).all()  # nnU-Net accumulates in fp16

@@ -4,12 +4,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from nnunet_unisegdiff.diffusion.fusion import fuse_masks
+from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logits, temper_by_draws
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
 from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, gate_components, pipeline_probabilities
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.settings import DRAW_PIPELINES, PIPELINES
 
 SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2))
 
@@ -45,11 +45,52 @@ def test_pipelines_are_what_their_names_say(net):
 
 def test_forward_runs_the_recorded_pipeline(net):
     x = torch.randn(1, 3, 32, 32)
-    net.set_settings(replace(SMALL, pipeline="cfenet"))
-    assert torch.equal(net(x), net.cfenet(x))  # nnU-Net's own logits, bit for bit
+    for mode in ("off", "free"):  # CFENet alone samples no draws: "free" leaves it as it is
+        net.set_settings(replace(SMALL, pipeline="cfenet", temper_with_draws=mode))
+        assert torch.equal(net(x), net.cfenet(x))  # nnU-Net's own logits, bit for bit
     net.set_settings(replace(SMALL, pipeline="rs"))
     rs = pipeline_probabilities(net, x, ["rs"])["rs"]
     assert torch.equal(net(x).argmax(1), rs.argmax(1))
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_tempered_forward_keeps_the_segmentation_and_carries_the_draws(net, pipeline):
+    x = torch.randn(2, 3, 32, 32)
+    net.set_settings(replace(SMALL, pipeline=pipeline, temper_with_draws="off"))
+    plain = net(x)
+    net.set_settings(replace(SMALL, pipeline=pipeline, temper_with_draws="on"))
+    tempered = net(x)
+    assert torch.equal(tempered.argmax(1), plain.argmax(1))
+    expected = temper_by_draws(pipeline_probabilities(net, x, [pipeline])[pipeline], net.sample(x).masks)
+    assert torch.allclose(tempered, probabilities_to_logits(expected))
+    assert (tempered.softmax(1).amax(1) <= plain.softmax(1).amax(1) + 1e-6).all()  # only ever less sure
+    net.set_settings(replace(SMALL, pipeline=pipeline, temper_with_draws="free"))  # the default
+    assert torch.equal(net(x), tempered if pipeline in DRAW_PIPELINES else plain)
+
+
+def test_tempering_samples_the_draws_once(net, monkeypatch):
+    x = torch.randn(1, 3, 32, 32)
+    calls = []
+    sample = net.sample
+    monkeypatch.setattr(net, "sample", lambda *a, **k: calls.append(1) or sample(*a, **k))
+    pipeline_probabilities(net, x, ["cfenet", "diffusion", "cfenet-gated"], temper=True)
+    assert len(calls) == 1
+
+
+def test_temper_by_draws_shrinks_by_the_draws_disagreement():
+    """Three classes, four pixels: all draws agree; 3 of 4 agree; draws split evenly over two classes; over
+    three classes (impossible with 4 draws: 2-1-1 instead)."""
+    probs = torch.tensor([0.7, 0.2, 0.1]).view(1, 3, 1, 1).expand(1, 3, 1, 4).clone()  # (B, C, 1, 4)
+    masks = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 1, 2]]).T.reshape(1, 4, 1, 4)
+    out = temper_by_draws(probs, masks)
+    lam = 0.99 * (1 - torch.tensor([1.0, 0.75, 0.5, 0.5])) / (1 - 1 / 3)
+    assert torch.allclose(out[0, :, 0], (1 - lam) * probs[0, :, 0] + lam / 3)
+    assert torch.equal(out[0, :, 0, 0], probs[0, :, 0, 0])  # unanimous draws: untouched
+    assert torch.equal(out.argmax(1), probs.argmax(1)) and torch.allclose(out.sum(1), torch.ones(1, 1, 4))
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(2, 3, 8, 8, generator=g).softmax(1)
+    disagreeing = torch.randint(0, 3, (2, 10, 8, 8), generator=g)
+    assert torch.equal(temper_by_draws(probs, disagreeing).argmax(1), probs.argmax(1))
 
 
 def test_unknown_pipeline_is_refused(net):
@@ -57,6 +98,8 @@ def test_unknown_pipeline_is_refused(net):
         pipeline_probabilities(net, torch.randn(1, 3, 32, 32), ["nnunet"])
     with pytest.raises(ValueError, match="unknown inference pipeline"):
         UniSegDiffSettings(pipeline="nnunet")
+    with pytest.raises(ValueError, match="temper_with_draws must be one of off, free, on, got True"):
+        UniSegDiffSettings(temper_with_draws=True)
 
 
 def test_given_condition_skips_cfenet_and_gives_the_same_probabilities(net, monkeypatch):

@@ -55,14 +55,16 @@ def test_recorded_settings_win_over_changed_class_defaults(monkeypatch):
 
 
 def test_checkpoint_without_a_record_predicts_with_the_class_settings_and_says_so(monkeypatch, caplog):
-    old = _build(monkeypatch, TRAINED, seed=1)
+    """Before the record there was no tempering either: the class's settings, untempered."""
+    old = _build(monkeypatch, replace(TRAINED, temper_with_draws="off"), seed=1)
     x = torch.randn(1, 3, 32, 32)
     expected = old(x)
     checkpoint = {k: v for k, v in old.state_dict().items() if k != "_extra_state"}  # as saved before the record
-    loaded = _build(monkeypatch, replace(TRAINED, seed=TRAINED.seed), seed=2)
+    loaded = _build(monkeypatch, TRAINED, seed=2)
     with caplog.at_level(logging.WARNING, logger="nnunet_unisegdiff"):
         loaded.load_state_dict(checkpoint, strict=True)
     assert "without recorded inference settings" in caplog.text and "pipeline='diffusion+cfenet'" in caplog.text
+    assert "temper_with_draws='off'" in caplog.text and loaded.settings.temper_with_draws == "off"
     assert torch.equal(loaded(x), expected)
 
 
@@ -99,9 +101,31 @@ def test_a_record_of_each_plan_kind_names_the_kind_and_round_trips(plan):
     assert settings_from_dict(record) == settings
 
 
-def test_networks_write_records_of_format_2_that_name_the_plan_kind(monkeypatch):
+def test_networks_write_records_of_format_3_that_name_the_plan_kind_and_the_tempering(monkeypatch):
     state = _build(monkeypatch, TRAINED).get_extra_state()
-    assert state["format"] == SETTINGS_FORMAT == 2 and state["settings"]["sampler"]["kind"] == "staged"
+    assert state["format"] == SETTINGS_FORMAT == 3 and state["settings"]["sampler"]["kind"] == "staged"
+    assert state["settings"]["temper_with_draws"] == "free"
+
+
+def test_a_format_2_record_predicts_untempered_as_it_did(monkeypatch):
+    """Models of format 2 exported their pipeline's probabilities as they were: loaded by a version whose
+    default tempers, they still do, bit for bit."""
+    untempered = replace(TRAINED, temper_with_draws="off")
+    reference = _build(monkeypatch, untempered, seed=1)
+    x = torch.randn(1, 3, 32, 32)
+    expected = reference(x)
+    checkpoint = reference.state_dict()
+    record = settings_to_dict(untempered)
+    del record["temper_with_draws"]
+    checkpoint["_extra_state"] = {"format": 2, "settings": record}
+    loaded = _build(monkeypatch, TRAINED, seed=2)
+    assert loaded.settings.temper_with_draws == "free"
+    assert not torch.equal(loaded(x), expected)  # today's defaults temper diffusion+cfenet
+    loaded.load_state_dict(checkpoint)
+    assert loaded.settings == untempered
+    assert torch.equal(loaded(x), expected)
+    with pytest.raises(ValueError, match="missing \\['temper_with_draws'\\]"):
+        settings_from_dict(record, 3)  # a format-3 record must say
 
 
 # A format-1 record exactly as the code before format 2 wrote it for TRAINED (SamplerConfig as one flat dict)
@@ -121,7 +145,7 @@ FORMAT_1_TRAINED = {
     ({"plan": "one-step", "draws_per_branch": 4}, OneStepPlan(samples=4)),
 ], ids=["staged", "ddim", "one-step"])
 def test_a_format_1_record_loads_as_the_plan_it_ran_and_predicts_bit_identically(monkeypatch, old_sampler, plan):
-    equivalent = replace(TRAINED, sampler=plan)
+    equivalent = replace(TRAINED, sampler=plan, temper_with_draws="off")
     reference = _build(monkeypatch, equivalent, seed=1)
     x = torch.randn(1, 3, 32, 32)
     expected = reference(x)
@@ -166,5 +190,5 @@ def test_a_format_2_plan_record_with_other_fields_is_refused_with_the_field_name
 
 def test_a_record_of_an_unknown_format_is_refused(monkeypatch):
     net = _build(monkeypatch, TRAINED)
-    with pytest.raises(ValueError, match="format 3, this version reads formats 1 and 2"):
-        net.set_extra_state({"format": 3, "settings": settings_to_dict(TRAINED)})
+    with pytest.raises(ValueError, match="format 4, this version reads formats 1, 2, 3"):
+        net.set_extra_state({"format": 4, "settings": settings_to_dict(TRAINED)})

@@ -131,6 +131,38 @@ def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys)
     assert main(["pipeline", str(fold.parent), "-f", "3"]) == 1  # a missing fold is named, not a traceback
 
 
+def test_user_turns_tempering_on_and_off_also_for_an_older_record(tmp_path, plan_2d, capsys):
+    import torch
+
+    from nnunet_unisegdiff.cli import main
+    from nnunet_unisegdiff.model.settings import SETTINGS_FORMAT
+
+    fold = _fold_with_record(tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d", 0, plan_2d,
+                             {"cfenet": {"dice": 80.0, "dice_lesion": 85.0, "false_lesions": 1, "lesion_free": 2,
+                                         "cases": 5}}, "cfenet")
+    checkpoint = fold / "checkpoint_final.pth"
+    saved = torch.load(checkpoint, weights_only=False)
+    record = saved["network_weights"]["_extra_state"]["settings"]
+    del record["temper_with_draws"]  # as a version before tempering wrote it: format 2
+    saved["network_weights"]["_extra_state"] = {"format": 2, "settings": record}
+    torch.save(saved, checkpoint)
+    assert main(["pipeline", str(fold.parent)]) == 0
+    assert "predicts with: cfenet, probabilities untempered (--temper off)" in capsys.readouterr().out
+    assert main(["pipeline", str(fold.parent), "--temper", "on"]) == 0
+    assert "--temper off -> on" in capsys.readouterr().out
+    state = torch.load(checkpoint, weights_only=False)["network_weights"]["_extra_state"]
+    assert state["format"] == SETTINGS_FORMAT and state["settings"] == {**record, "temper_with_draws": "on"}
+    assert main(["pipeline", str(fold.parent)]) == 0
+    assert "predicts with: cfenet, probabilities tempered by the draws (--temper on)" in capsys.readouterr().out
+    assert main(["pipeline", str(fold.parent), "--temper", "free"]) == 0  # cfenet samples no draws: untempered
+    assert main(["pipeline", str(fold.parent)]) == 0
+    assert "predicts with: cfenet, probabilities untempered (--temper free)" in capsys.readouterr().out
+    assert main(["pipeline", str(fold.parent), "--set", "diffusion"]) == 0
+    assert main(["pipeline", str(fold.parent)]) == 0
+    assert "predicts with: diffusion, probabilities tempered by the draws (--temper free)" in capsys.readouterr().out
+    assert main(["pipeline", str(fold.parent), "-f", "3", "--temper", "on"]) == 1
+
+
 def test_mirroring_follows_the_pipeline():
     from nnunet_unisegdiff.training.selection import mirroring_axes
     assert mirroring_axes("cfenet", [0, 1], dnet_mirroring=False) == (0, 1)
@@ -216,3 +248,27 @@ def test_pool_refuses_tables_without_per_case_scores(tmp_path, plan_2d, capsys):
     assert not (model / "inference_pipeline_pooled.json").exists()
     assert main(["pipeline", str(model), "-f", "0", "4", "--pool"]) == 1
     assert "fold_4" in capsys.readouterr().err
+
+
+def test_pipelines_are_scored_untempered_and_the_settings_restored(plan_2d):
+    """Tempering keeps every call's argmax, so the choice is scored on untempered segmentations (cfenet
+    without the draws' cost); afterwards the network predicts with its own settings again."""
+    import torch
+
+    from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
+    from nnunet_unisegdiff.training.selection import label_map_predictor
+
+    settings = UniSegDiffSettings(dnet_width=0.25, token_budget=64, pipeline="diffusion", temper_with_draws="free")
+    net = build_unisegdiff_network(*plan_2d, 3, 2, False, settings)
+    seen = []
+
+    class Predictor:
+        def predict_sliding_window_return_logits(self, data):
+            seen.append(net.settings)
+            return torch.zeros(2, *data.shape[1:])
+
+    predict = label_map_predictor(Predictor(), net)
+    for pipeline in ("cfenet", "cfenet-gated"):
+        assert predict(pipeline, np.zeros((3, 8, 8), dtype=np.float32)).shape == (8, 8)
+    assert [(s.pipeline, s.temper_with_draws) for s in seen] == [("cfenet", "off"), ("cfenet-gated", "off")]
+    assert net.settings == settings and settings.temper_with_draws == "free"
