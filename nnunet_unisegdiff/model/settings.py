@@ -69,10 +69,9 @@ def settings_from_dict(record: dict[str, Any], record_format: int = SETTINGS_FOR
     if record_format not in READ_FORMATS:
         raise ValueError(f"UniSegDiff settings record of format {record_format}, this version reads formats "
                          f"{', '.join(map(str, READ_FORMATS))}")
-    names = [f.name for f in fields(UniSegDiffSettings)]
     before_tempering = record_format < 3
-    _require_fields("UniSegDiff settings", record, [n for n in names if not (before_tempering
-                                                                             and n == "temper_with_draws")])
+    expected = [f.name for f in fields(UniSegDiffSettings) if not (before_tempering and f.name == "temper_with_draws")]
+    _require_fields("UniSegDiff settings", record, expected)
     sampler = _format_1_sampler(record["sampler"]) if record_format == 1 else record["sampler"]
     return UniSegDiffSettings(**{**record, "sampler": _plan_from_dict(sampler),
                                  **({"temper_with_draws": "off"} if before_tempering else {})})
