@@ -56,13 +56,8 @@ def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str
     s, c = net.settings, net.num_classes
     logits, cond = condition if condition is not None else net.condition(image)
     softmax = logits.float().softmax(1)
-    draws: list[Tensor] = []  # the network's draws (B, N, *spatial), sampled once when first needed
-
-    def network_draws() -> Tensor:
-        if not draws:
-            draws.append(net.sample(image, cond=cond).masks)
-        return draws[0]
-
+    sample = temper or bool(set(DRAW_PIPELINES) & set(names))
+    masks = net.sample(image, cond=cond).masks if sample else None  # the network's draws (B, N, *spatial)
     out: dict[str, Tensor] = {}
     if "cfenet" in names:
         out["cfenet"] = softmax
@@ -70,7 +65,6 @@ def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str
         one_step = StagedSampler(OneStepPlan(samples=1, diffusion=s.sampler.diffusion))
         out["rs"] = net.sample(image, one_step, cond).probs[:, 0]
     if set(DRAW_PIPELINES) & set(names):
-        masks = network_draws()
         if "diffusion" in names:
             out["diffusion"] = fuse_masks(masks, c, s.fusion, s.staple_pseudo_pixels)
         out["diffusion+cfenet"] = (fuse_masks(masks, c, "vote") + softmax) / 2
@@ -80,7 +74,7 @@ def pipeline_probabilities(net, image: Tensor, names: tuple[str, ...] | list[str
         paper = StagedSampler(replace(PAPER_SAMPLER, diffusion=s.sampler.diffusion))
         out["paper"] = fuse_masks(net.sample(image, paper, cond).masks, c, "staple", PAPER_PSEUDO_PIXELS)
     if temper:
-        return {name: temper_by_draws(out[name], network_draws()) for name in names}
+        return {name: temper_by_draws(out[name], masks) for name in names}
     return {name: out[name] for name in names}
 
 
