@@ -93,7 +93,8 @@ def summarize(rows: list[dict], calibration: dict) -> dict:
 
 
 def model_cases(model: Path, raw: Path, device: torch.device):
-    """(network, [(case, x, gt)]) as nnUNetv2_predict loads and preprocesses them."""
+    """(nnU-Net's predictor holding the network, [(case, x, gt)]) as nnUNetv2_predict loads and preprocesses
+    them."""
     sys.path.insert(0, str(Path(__file__).parent))
     from accuracy import ModelScorer
     scorer = ModelScorer(model, device)
@@ -108,11 +109,13 @@ def model_cases(model: Path, raw: Path, device: torch.device):
         if data.shape[1:] != (1, *gt.shape[-2:]) or gt.shape[0] != 1:
             raise ValueError(f"{f}: not a single-tile 2D image (preprocessed {data.shape[1:]}, label {gt.shape})")
         cases.append((case, torch.from_numpy(np.ascontiguousarray(data[:, 0])).float()[None].to(device), gt[0]))
-    return scorer.net, cases
+    return p, cases
 
 
 def smoke_cases(device: torch.device):
-    """A tiny untrained network (DNet marked trained) and six synthetic images: the script runs end to end."""
+    """A tiny untrained network (DNet marked trained) in an nnU-Net predictor, and six synthetic images: the
+    script runs end to end."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_unisegdiff.conversion.synthetic import generate_cases
@@ -127,33 +130,47 @@ def smoke_cases(device: torch.device):
     for c in generate_cases(6, size=32, empty_fraction=0.3):
         x = torch.from_numpy(c.image).permute(2, 0, 1).float()[None] / 255
         cases.append((c.case_id, x.to(device), (c.label > 0).astype(np.int64)))
-    return net, cases
+    predictor = nnUNetPredictor(use_mirroring=False, device=device, verbose=False, allow_tqdm=False)
+    predictor.manual_initialization(net, pm, pm.get_configuration("2d"), None,
+                                    {"labels": {"background": 0, "lesion": 1}}, "smoke", None)
+    return predictor, cases
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of a benchmark that reads a trained fold and held-out images (or --smoke)."""
     ap.add_argument("model", type=Path, nargs="?", help="a UniSegDiff trainer's output folder")
     ap.add_argument("raw", type=Path, nargs="?", help="nnU-Net raw dataset with imagesTs and labelsTs")
     ap.add_argument("--trainer-dir", type=Path, default=None, help="folder of a custom trainer class")
-    ap.add_argument("--pipeline", choices=PIPELINES, default=None,
-                    help="score this pipeline's probabilities instead of the one the checkpoint records")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     add_smoke_arg(ap)
-    args = ap.parse_args(argv)
-    apply_smoke(args, NAME)
+
+
+def load_cases(ap: argparse.ArgumentParser, args: argparse.Namespace):
+    """(device, (predictor, cases)) for the arguments of `add_model_args`: the smoke network and images, or the
+    trained fold and the raw dataset's held-out images."""
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
     if args.smoke:
-        net, cases = smoke_cases(device)
-    elif args.model is None or args.raw is None:
+        return device, smoke_cases(device)
+    if args.model is None or args.raw is None:
         ap.error("MODEL_FOLDER and RAW_DATASET are required (or --smoke)")
-    else:
-        if args.trainer_dir is not None:
-            from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
-            os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), str(args.trainer_dir)])
-        net, cases = model_cases(args.model, args.raw, device)
+    if args.trainer_dir is not None:
+        from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), str(args.trainer_dir)])
+    return device, model_cases(args.model, args.raw, device)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(ap)
+    ap.add_argument("--pipeline", choices=PIPELINES, default=None,
+                    help="score this pipeline's probabilities instead of the one the checkpoint records")
+    args = ap.parse_args(argv)
+    apply_smoke(args, NAME)
+    device, (predictor, cases) = load_cases(ap, args)
+    net = predictor.network
     if args.pipeline is not None:
         net.set_settings(replace(net.settings, pipeline=args.pipeline))
     calibration = {"untempered": CalibrationAccumulator(), "tempered": CalibrationAccumulator()}

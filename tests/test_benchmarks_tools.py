@@ -1,7 +1,7 @@
 """Tools in benchmarks/: combine.py (runs made one split at a time combine into the mean of all; runs that
 do not average are refused by name), draw_agreement.py's mirrored copies and choice_rules.py (each
-rule's choice on a recorded validation table, scored by that pipeline's held-out row) and shifted_copy.py
-(a corrupted copy of held-out images, labels unchanged)."""
+rule's choice on a recorded validation table, scored by that pipeline's held-out row), shifted_copy.py
+(a corrupted copy of held-out images, labels unchanged) and tiling.py (nnU-Net's tiles over a stitched image)."""
 import json
 from pathlib import Path
 
@@ -156,8 +156,8 @@ def test_shifted_copy_keeps_labels_and_is_seeded(shifted_copy, tmp_path):
 def test_test_time_mirroring_copies_are_flipped_back(draw_agreement):
     from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
 
-    net, cases = draw_agreement.smoke_cases(torch.device("cpu"))
-    _, x, _ = cases[0]
+    predictor, cases = draw_agreement.smoke_cases(torch.device("cpu"))
+    net, (_, x, _) = predictor.network, cases[0]
     segs = draw_agreement.mirrored_segmentations(net, x)
     assert len(segs) == 4 and all(s.shape == x.shape[2:] for s in segs)
     plain = pipeline_probabilities(net, x, ["cfenet"])["cfenet"][0].argmax(0).numpy()
@@ -165,3 +165,17 @@ def test_test_time_mirroring_copies_are_flipped_back(draw_agreement):
     # the copy mirrored along both axes is CFENet's view of the doubly flipped image, flipped back
     both = pipeline_probabilities(net, torch.flip(x, [2, 3]), ["cfenet"])["cfenet"][0].argmax(0).numpy()
     assert np.array_equal(segs[3], both[::-1, ::-1])
+
+
+def test_tiling_covers_a_two_patch_image_with_three_tiles_and_predicts_as_the_network(draw_agreement):
+    import tiling  # beside draw_agreement, on the path the fixture added
+
+    from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
+
+    predictor, cases = draw_agreement.smoke_cases(torch.device("cpu"))
+    cover = tiling.tile_cover(predictor, (32, 64))  # patch 32x32, nnU-Net's step 0.5: tiles at 0, 16, 32
+    assert np.array_equal(cover, np.broadcast_to(np.repeat([1, 2, 1], [16, 32, 16]), (32, 64)))
+    _, x, _ = cases[0]  # one tile: the sliding window is one network call, Gaussian weights cancel
+    net = predictor.network
+    expected = pipeline_probabilities(net, x, [net.settings.pipeline])[net.settings.pipeline][0].argmax(0)
+    assert np.array_equal(tiling.pair_segmentations(predictor, x), expected.numpy())
