@@ -30,10 +30,6 @@ NAME = "tiling"
 PIPELINES = ("diffusion", "diffusion+cfenet", "cfenet-gated")  # the ones `free` tempers
 
 
-def empty_is_one(seg: np.ndarray, gt: np.ndarray) -> float:
-    return 1.0 if not gt.any() and not seg.any() else dice(seg, gt)
-
-
 @torch.no_grad()
 def pair_segmentations(predictor, x: torch.Tensor) -> np.ndarray:
     """nnU-Net's sliding-window label map of x (1, C_in, H, W): (H, W)."""
@@ -63,7 +59,7 @@ def measure(predictor, cases: list, pairs: int) -> list[dict]:
                "moved_outside_overlaps": int(sum(m[cover == 1].sum() for m in moved)),
                "pairs_with_moves": int(sum(m.any() for m in moved))}
         for mode in ("off", "on"):
-            row[f"dice_{mode}"] = float(np.mean([empty_is_one(s[h], gt[h]) for s, (_, gt) in zip(segs[mode], stitched)
+            row[f"dice_{mode}"] = float(np.mean([dice(s[h], gt[h]) for s, (_, gt) in zip(segs[mode], stitched)
                                                  for h in halves]))
         rows.append(row)
     return rows
