@@ -142,11 +142,12 @@ def lesion_lines(by_lesion: Mapping[str, Mapping]) -> list[str]:
 def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Path, labels_dir: Path, *,
                  sources: Path | None = None, evaluation_dir: Path | None = None,
                  training_dirs: Mapping[str, Path] | None = None, grid_cases: int = 6,
-                 uncertainty_of: str | None = None) -> dict:
+                 uncertainty_of: str | None = None, exported: str | None = None) -> dict:
     """Everything after the predictions: `unisegdiff uncertainty` for `uncertainty_of` (default the
     first method), `unisegdiff evaluate` of every method (into `evaluation_dir/<method>/`), and in
     `report_dir`: metrics.md/.csv/.json (one Table-3 row per method), predictions.png and copies of
-    the training curves. Returns the summary (the report's README is written by `finish_report`)."""
+    the training curves. exported: what `uncertainty_of`'s saved probabilities are (model/pipelines.py
+    `exported_map`), for the caption. Returns the summary (the report's README is written by `finish_report`)."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     evaluation_dir = Path(evaluation_dir) if evaluation_dir else report_dir / "evaluation"
@@ -189,6 +190,7 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
                "prediction_dirs": {name: str(p) for name, p in pred_dirs.items()},
                "uncertainty_dir": os.path.relpath(Path(pred_dirs[uncertainty_of]) / uncertainty.DEFAULT_SUBDIR,
                                                   report_dir),
+               "uncertainty_of": uncertainty_of, "exported": exported,
                "most_uncertain": [r["case"] for r in sorted(unc_rows, key=lambda r: -r["mean_entropy"])[:3]],
                "confidence": confidence,
                "review": {name: review_rows(confidence[name], per_case[name]) for name in methods if confidence[name]}}
@@ -256,6 +258,12 @@ def copy_training_curves(training_dirs: Mapping[str, Path], report_dir: Path) ->
     return curves
 
 
+def uncertainty_source(summary: Mapping) -> str:
+    """The caption's words for the probabilities the uncertainty map is computed from."""
+    source = f"{summary.get('uncertainty_of', 'the method')}'s saved probabilities"
+    return f"{source}: {summary['exported']}" if summary.get("exported") else source
+
+
 def finish_report(report_dir: Path, summary: dict) -> None:
     """report/README.md and summary.json from the summary (again once the run's timings are known)."""
     report_dir = Path(report_dir)
@@ -274,8 +282,8 @@ def finish_report(report_dir: Path, summary: dict) -> None:
               "Per case: `../evaluation/<method>/per_case.csv`.", "",
               "## Predictions", "",
               ("Image, ground truth (green), each method's mask (ground-truth contour in green on top) with its "
-               "Dice, and the uncertainty map: the entropy of UniSegDiff's STAPLE posterior over its 20 staged "
-               "samples (black: the samples agree; yellow: they disagree). All cases: "
+               f"Dice, and the uncertainty map: the normalised entropy of {uncertainty_source(summary)} (black: "
+               "one class certain; yellow: lesion and background equally likely). All cases: "
                f"`{summary['uncertainty_dir']}`. Under each mask: its Dice and the method's per-case confidence."),
               "", f"![predictions]({summary['grid']})", "", *review_lines(summary.get("review", {}))]
     if summary.get("curves"):

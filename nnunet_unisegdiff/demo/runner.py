@@ -39,6 +39,8 @@ from nnunet_unisegdiff.demo.layout import DATASET_NAME, NNUNET_VARS, RUN_MARKER,
 from nnunet_unisegdiff.demo.processes import child_cpu_seconds, child_env, pick_device, run_with_progress
 from nnunet_unisegdiff.demo.progress import BASELINE_TRAINER, PredictParser, StepProgress, TrainParser, trainer_epochs
 from nnunet_unisegdiff.demo.report import finish_report, fmt_seconds, lesion_lines, method_slug, write_report
+from nnunet_unisegdiff.model.pipelines import exported_map
+from nnunet_unisegdiff.training.override import recorded_settings
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 
 DATASET_ID = 598
@@ -130,7 +132,8 @@ class Demo:
         summary = write_report(
             layout.report, pred, raw / "imagesTs", raw / "labelsTs", sources=raw / "sources.json",
             evaluation_dir=layout.evaluation, training_dirs=training_dirs(layout, cfg),
-            grid_cases=cfg.grid_cases, uncertainty_of=METHOD)
+            grid_cases=cfg.grid_cases, uncertainty_of=METHOD,
+            exported=exported_map(recorded_settings(training_dirs(layout, cfg)[METHOD] / "checkpoint_final.pth")))
         done()
         wall = time.monotonic() - t0
         cpu = child_cpu_seconds() - cpu0

@@ -35,11 +35,28 @@ from torch import Tensor
 from nnunet_unisegdiff.diffusion.fusion import fuse_masks, temper_by_draws
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import OneStepPlan, StagedPlan
-from nnunet_unisegdiff.model.settings import DRAW_PIPELINES, PIPELINES
+from nnunet_unisegdiff.model.settings import DRAW_PIPELINES, PIPELINES, UniSegDiffSettings, tempers
 
 PAPER_SAMPLER = StagedPlan(clamp_x0=False, dr_head="eps")  # with the network's diffusion settings
 PAPER_PSEUDO_PIXELS = None  # STAPLE's prior as the paper reads: one pseudo-pixel
 DNET_PIPELINES = tuple(p for p in PIPELINES if p != "cfenet")
+
+
+def exported_map(settings: UniSegDiffSettings) -> str:
+    """What a network with these settings saves with --save_probabilities, in a reader's words: the chosen
+    pipeline's probabilities, tempered or not. Reports name it instead of assuming the paper's STAPLE
+    posterior, which a fold that chose another pipeline does not export."""
+    fused = "STAPLE's posterior over" if settings.fusion == "staple" else "the vote of"
+    exported = {
+        "cfenet": "CFENet's softmax, nnU-Net's own",
+        "rs": "the softmax of DNet's one RS call",
+        "diffusion": f"{fused} the network's draws",
+        "paper": "STAPLE's posterior over the paper's 20 draws",
+        "diffusion+cfenet": "the mean of the draws' vote and CFENet's softmax",
+        "cfenet-gated": "CFENet's softmax without the lesion components the draws do not confirm",
+    }[settings.pipeline]
+    tempered = ", tempered by the draws' disagreement" if tempers(settings) else ""
+    return f"{exported} (pipeline `{settings.pipeline}`){tempered}"
 
 
 @torch.no_grad()

@@ -86,6 +86,11 @@ def set_tempering(checkpoint_file: Path, temper: str) -> str:
     return settings.temper_with_draws
 
 
+def recorded_settings(checkpoint_file: Path) -> UniSegDiffSettings:
+    """The inference settings a checkpoint records (what nnUNetv2_predict will use)."""
+    return _load_settings(checkpoint_file)[1]
+
+
 def _load_settings(checkpoint_file: Path) -> tuple[dict, UniSegDiffSettings]:
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
     record = checkpoint["network_weights"].get(EXTRA_STATE_KEY)

@@ -213,7 +213,7 @@ def test_report_holds_both_methods_figures_and_curves(tmp_path, fake_run):
     report_dir = tmp_path / "report"
     summary = demo_report.write_report(report_dir, preds, images, labels, sources=sources,
                                 evaluation_dir=tmp_path / "evaluation", training_dirs={"Good": curves},
-                                grid_cases=4, uncertainty_of="Good")
+                                grid_cases=4, uncertainty_of="Good", exported="CFENet's softmax (pipeline `cfenet`)")
     assert summary["dice_all"]["Good"] == pytest.approx(100.0)
     assert summary["dice_all"]["Empty"] == pytest.approx(0.0)
     table = (report_dir / "metrics.md").read_text()
@@ -235,6 +235,8 @@ def test_report_holds_both_methods_figures_and_curves(tmp_path, fake_run):
     readme = (report_dir / "README.md").read_text()
     assert "![predictions](predictions.png)" in readme and "training_Good_progress.png" in readme
     assert "Good: Dice 100.0 on the" in readme
+    assert "entropy of Good's saved probabilities: CFENet's softmax (pipeline `cfenet`)" in readme
+    assert "STAPLE" not in readme, "the caption names what was exported, not the paper's posterior"
 
 
 def test_finish_report_adds_the_run_information(tmp_path, fake_run):

@@ -8,7 +8,7 @@ from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logi
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
-from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, gate_components, pipeline_probabilities
+from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, exported_map, gate_components, pipeline_probabilities
 from nnunet_unisegdiff.model.settings import DRAW_PIPELINES, PIPELINES
 
 SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2))
@@ -145,3 +145,13 @@ def test_gate_works_per_image_of_a_batch():
     gate[1, 3, 3] = 1  # confirms image 1's lesion only
     out = gate_components(_one_hot(cfenet, 2), _one_hot(gate, 2))
     assert not out.argmax(1)[0].any() and torch.equal(out.argmax(1)[1], cfenet[1])
+
+
+def test_exported_map_names_the_pipeline_and_whether_it_is_tempered():
+    free = {p: exported_map(UniSegDiffSettings(pipeline=p)) for p in PIPELINES}
+    for p, text in free.items():
+        assert f"`{p}`" in text and ("tempered" in text) == (p in DRAW_PIPELINES), text
+    assert "STAPLE" not in free["cfenet"] and "nnU-Net's own" in free["cfenet"]
+    assert "tempered" in exported_map(UniSegDiffSettings(pipeline="cfenet", temper_with_draws="on"))
+    assert "tempered" not in exported_map(UniSegDiffSettings(pipeline="diffusion", temper_with_draws="off"))
+    assert "the vote of" in exported_map(UniSegDiffSettings(pipeline="diffusion", fusion="vote"))

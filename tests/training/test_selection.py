@@ -114,6 +114,7 @@ def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys)
 
     from nnunet_unisegdiff.cli import main
     from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
+    from nnunet_unisegdiff.training.override import recorded_settings
 
     fold = _fold_with_record(tmp_path / "nnUNetTrainerUniSegDiff__nnUNetPlans__2d", 0, plan_2d,
                              {"cfenet": {"dice": 80.0, "dice_lesion": 85.0, "false_lesions": 1, "lesion_free": 2,
@@ -125,6 +126,7 @@ def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys)
     rebuilt = build_unisegdiff_network(*plan_2d, 3, 2, False, UniSegDiffSettings(dnet_width=0.25, token_budget=64))
     rebuilt.load_state_dict(saved["network_weights"])
     assert rebuilt.settings.pipeline == "cfenet"
+    assert recorded_settings(fold / "checkpoint_final.pth") == rebuilt.settings  # what the demo's report reads
     assert json.loads((fold / "inference_pipeline.json").read_text())["overridden"]["was"] == "diffusion"
     assert main(["pipeline", str(fold.parent)]) == 0
     assert "predicts with: cfenet" in capsys.readouterr().out
