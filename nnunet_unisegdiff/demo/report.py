@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import matplotlib
 
@@ -36,11 +36,12 @@ def method_slug(name: str) -> str:
 
 
 def pick_grid_cases(cases: Sequence[str], tasks: Mapping[str, str], non_empty: Mapping[str, bool],
-                    n: int) -> list[str]:
+                    n: int, false_lesion: Collection[str] = ()) -> list[str]:
     """Up to n cases: cases with a lesion, taking the tasks in turn (first appearance order), and in
-    the last row one lesion-free case (where a method may see a lesion that is not there)."""
+    the last row one lesion-free case, one on which some method saw a lesion (`false_lesion`) if any:
+    that is where the methods differ."""
     lesion = [c for c in sorted(cases) if non_empty.get(c, False)]
-    empty = [c for c in sorted(cases) if not non_empty.get(c, False)]
+    empty = sorted((c for c in cases if not non_empty.get(c, False)), key=lambda c: (c not in false_lesion, c))
     by_task: dict[str, list[str]] = {}
     for case in lesion:
         by_task.setdefault(tasks.get(case, "all"), []).append(case)
@@ -170,7 +171,8 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
     per_case = {name: results[name]["per_case"] for name in methods}
     tasks = {row["case"]: row["task"] for row in per_case[methods[0]]}
     non_empty = {row["case"]: not row["gt_empty"] for row in per_case[methods[0]]}
-    cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases)
+    false_lesion = {r["case"] for rows in per_case.values() for r in rows if r["gt_empty"] and not r["pred_empty"]}
+    cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases, false_lesion)
     grid = report_dir / "predictions.png"
     confidence = {name: method_confidence(folder) for name, folder in pred_dirs.items()}
     plot_grid(grid, cases, Path(images_dir), Path(labels_dir), pred_dirs, per_case, unc_maps, tasks, uncertainty_of,

@@ -258,5 +258,9 @@ def test_grid_shows_every_task_in_turn_and_one_lesion_free_case_last():
     assert demo_report.pick_grid_cases(list(tasks), tasks, non_empty, 4) == ["a2", "b1", "c1", "a1"]
     assert demo_report.pick_grid_cases(list(tasks), tasks, non_empty, 10) == ["a2", "b1", "c1", "b2", "a1"]
     assert demo_report.pick_grid_cases(list(tasks), tasks, non_empty, 1) == ["a2"]
+    two_empty = {**non_empty, "b2": False}
+    assert demo_report.pick_grid_cases(list(tasks), tasks, two_empty, 4) == ["a2", "b1", "c1", "a1"]
+    assert demo_report.pick_grid_cases(list(tasks), tasks, two_empty, 4, {"b2"}) == ["a2", "b1", "c1", "b2"], \
+        "the lesion-free case a method got wrong is the one shown"
     all_lesions = dict.fromkeys(tasks, True)
     assert demo_report.pick_grid_cases(list(tasks), tasks, all_lesions, 3) == ["a1", "b1", "c1"]
