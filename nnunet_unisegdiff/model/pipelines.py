@@ -51,7 +51,7 @@ def exported_map(settings: UniSegDiffSettings) -> str:
         "cfenet": "CFENet's softmax, nnU-Net's own",
         "rs": "the softmax of DNet's one RS call",
         "diffusion": f"{fused} the network's draws",
-        "paper": "STAPLE's posterior over the paper's 20 draws",
+        "paper": "STAPLE's posterior over the paper's draws",
         "diffusion+cfenet": "the mean of the draws' vote and CFENet's softmax",
         "cfenet-gated": "CFENet's softmax without the lesion components the draws do not confirm",
     }[settings.pipeline]

@@ -182,8 +182,8 @@ def show_or_set(args: argparse.Namespace) -> int:
                 print(f"{checkpoint.name} predicts with: {settings.pipeline}, probabilities "
                       f"{'tempered by the draws' if tempers(settings) else 'untempered'} "
                       f"(--temper {settings.temper_with_draws})")
-            except ValueError:
-                print(f"{checkpoint.name} predicts with: unrecorded (the trainer class default)")
+            except ValueError as e:  # no record (the class's settings, untempered), or one this version refuses
+                print(f"{checkpoint.name}: {e}")
             continue
         try:
             _override(folder, checkpoint, args.set, "overridden")

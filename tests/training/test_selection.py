@@ -163,6 +163,12 @@ def test_user_turns_tempering_on_and_off_also_for_an_older_record(tmp_path, plan
     assert main(["pipeline", str(fold.parent)]) == 0
     assert "predicts with: diffusion, probabilities tempered by the draws (--temper free)" in capsys.readouterr().out
     assert main(["pipeline", str(fold.parent), "-f", "3", "--temper", "on"]) == 1
+    capsys.readouterr()
+    saved = torch.load(checkpoint, weights_only=False)
+    del saved["network_weights"]["_extra_state"]["settings"]["temper_with_draws"]  # format 3 without it: refused
+    torch.save(saved, checkpoint)
+    assert main(["pipeline", str(fold.parent)]) == 0
+    assert "missing ['temper_with_draws']" in capsys.readouterr().out, "a refused record is named, not 'unrecorded'"
 
 
 def test_mirroring_follows_the_pipeline():
