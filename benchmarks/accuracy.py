@@ -123,32 +123,34 @@ def train_seed(seed: int, args, work: Path) -> dict:
     return out
 
 
-def train_fold(raw: Path, dataset_id: int, env: dict, args, logs: Path, baseline_only: bool = False) -> dict:
-    """nnUNetTrainer on fold 0, then per phase-B budget UniSegDiff with that model as CFENet (only DNet
+def train_fold(raw: Path, dataset_id: int, env: dict, args, logs: Path, baseline_only: bool = False,
+               fold: int = 0) -> dict:
+    """nnUNetTrainer on `fold`, then per phase-B budget UniSegDiff with that model as CFENet (only DNet
     trains); {"models": {budget: UniSegDiff's model folder}, "seconds": {trainer: wall time}}."""
     results = Path(env["nnUNet_results"]) / raw.name
     out = {"models": {}, "seconds": {}}
-    cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
-    train_once(BASELINE, cfenet, dataset_id, env, args, logs, out["seconds"])
+    cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / f"fold_{fold}" / "checkpoint_final.pth"
+    train_once(BASELINE, cfenet, dataset_id, env, args, logs, out["seconds"], fold)
     for e in ([] if baseline_only else args.dnet_epochs):
         name = unisegdiff_trainer(e, args.width)
         out["models"][e] = results / f"{name}__nnUNetPlans__2d"
-        train_once(name, out["models"][e] / "fold_0" / "checkpoint_final.pth", dataset_id,
-                   {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"])
+        train_once(name, out["models"][e] / f"fold_{fold}" / "checkpoint_final.pth", dataset_id,
+                   {**env, CFENET_CHECKPOINT_ENV: str(cfenet)}, args, logs, out["seconds"], fold)
     return out
 
 
-def train_once(trainer: str, final: Path, dataset_id: int, env: dict, args, logs: Path, seconds: dict) -> None:
-    """nnUNetv2_train fold 0, unless `--reuse` and its checkpoint_final exists; with `--reuse` an interrupted
+def train_once(trainer: str, final: Path, dataset_id: int, env: dict, args, logs: Path, seconds: dict,
+               fold: int = 0) -> None:
+    """nnUNetv2_train `fold`, unless `--reuse` and its checkpoint_final exists; with `--reuse` an interrupted
     training continues from its checkpoint_latest (`--c`), so a run cut short loses at most an epoch or so.
     Its wall time (this invocation's part) into `seconds`."""
     if args.reuse and final.is_file():
         return
     resume = ["--c"] if args.reuse and (final.parent / "checkpoint_latest.pth").is_file() else []
     t0 = time.monotonic()
-    run(["nnUNetv2_train", str(dataset_id), "2d", "0", "-device", args.device, "-tr", trainer, *resume], env,
-        logs / f"train_{trainer}{'_continued' if resume else ''}.log")
-    seconds[trainer] = time.monotonic() - t0
+    run(["nnUNetv2_train", str(dataset_id), "2d", str(fold), "-device", args.device, "-tr", trainer, *resume], env,
+        logs / f"train_{trainer}{f'_fold{fold}' if fold else ''}{'_continued' if resume else ''}.log")
+    seconds[trainer if not fold else f"{trainer} fold {fold}"] = time.monotonic() - t0
 
 
 def harden(raw: Path, contrast: float, noise: float, seed: int) -> None:
@@ -210,10 +212,10 @@ class ModelScorer:
     """The trained UniSegDiff network as nnUNetv2_predict loads it, and nnU-Net's own preprocessing
     and export, so each row's labels are what nnU-Net would write for that probability map."""
 
-    def __init__(self, model_dir: Path, device: torch.device) -> None:
+    def __init__(self, model_dir: Path, device: torch.device, fold: int = 0) -> None:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         self.predictor = nnUNetPredictor(use_mirroring=False, device=device, verbose=False, allow_tqdm=False)
-        self.predictor.initialize_from_trained_model_folder(str(model_dir), (0,), "checkpoint_final.pth")
+        self.predictor.initialize_from_trained_model_folder(str(model_dir), (fold,), "checkpoint_final.pth")
         self.net = self.predictor.network.to(device).eval()
         self.device = device
         p = self.predictor
@@ -221,9 +223,8 @@ class ModelScorer:
         self.preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
         self.labels = [int(k) for k in p.label_manager.foreground_labels]
 
-    def rows(self, image_file: Path) -> tuple[dict[str, np.ndarray], dict]:
-        """Label map in the image's own shape and mean normalised entropy, per row."""
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    def preprocess(self, image_file: Path) -> tuple[torch.Tensor, dict]:
+        """nnU-Net's preprocessing of one image: x (1, C_in, *patch) on the device, and its properties."""
         p = self.predictor
         data, props = self.rw.read_images([str(image_file)])
         data, _, props = self.preprocessor.run_case_npy(data, None, props, p.plans_manager,
@@ -232,14 +233,23 @@ class ModelScorer:
         if data.shape[1] != 1 or tuple(data.shape[2:]) != patch:
             raise ValueError(f"{image_file}: preprocessed shape {data.shape[1:]} is not one 2D tile {patch}; "
                              "the benchmark scores single-tile 2D images (use --size equal to the patch)")
-        x = torch.from_numpy(np.ascontiguousarray(data[:, 0])).float()[None].to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(data[:, 0])).float()[None].to(self.device), props
+
+    def segmentation(self, logits: torch.Tensor, props: dict) -> np.ndarray:
+        """nnU-Net's export of logits (C, *patch): the label map in the image's own shape."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        p = self.predictor
+        return np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits.cpu()[:, None], p.plans_manager, p.configuration_manager, p.label_manager, props,
+            num_threads_torch=1))
+
+    def rows(self, image_file: Path) -> tuple[dict[str, np.ndarray], dict]:
+        """Label map in the image's own shape and mean normalised entropy, per row."""
+        x, props = self.preprocess(image_file)
         segs, entropy = {}, {}
         for name, probs in row_probabilities(self.net, x).items():
             probs = probs.cpu()
-            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
-                probabilities_to_logits(probs[None])[0][:, None], p.plans_manager, p.configuration_manager,
-                p.label_manager, props, num_threads_torch=1)
-            segs[name] = np.asarray(seg)
+            segs[name] = self.segmentation(probabilities_to_logits(probs[None])[0], props)
             entropy[name] = float(entropy_map(probs.numpy()).mean())
         return segs, entropy
 

@@ -136,8 +136,9 @@ def write_split(source: Path, work: Path, dataset_id: int, name: str, train: lis
     return raw
 
 
-def train_split(split: int, args, work: Path, source: Path) -> dict:
-    """Split dataset, plan, baseline, UniSegDiff (CFENet reused) and CLI predictions of one split."""
+def prepare_split(split: int, args, work: Path, source: Path) -> dict:
+    """One split's dataset, planned and preprocessed (kept with `--reuse`): {"raw", "dataset_id", "class_of",
+    "env" (nnU-Net's for training it), "logs"}."""
     dataset_id = args.first_split_id + split
     name = f"{source.name.split('_', 1)[1]}{args.converter.upper()}Split{split}"
     env = nnunet_env(work, work / "trainers")
@@ -149,9 +150,16 @@ def train_split(split: int, args, work: Path, source: Path) -> dict:
         run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
             logs / "plan.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
-    out = {"raw": raw, "class_of": class_of, **train_fold(raw, dataset_id, env, args, logs, args.baselines_only)}
+    return {"raw": raw, "dataset_id": dataset_id, "class_of": class_of, "env": env, "logs": logs}
+
+
+def train_split(split: int, args, work: Path, source: Path) -> dict:
+    """Split dataset, plan, baseline, UniSegDiff (CFENet reused) and CLI predictions of one split."""
+    s = prepare_split(split, args, work, source)
+    out = {"raw": s["raw"], "class_of": s["class_of"],
+           **train_fold(s["raw"], s["dataset_id"], s["env"], args, s["logs"], args.baselines_only)}
     if not args.baselines_only:
-        out["cli"] = predict_cli(f"split{split}", args, work, raw, dataset_id)
+        out["cli"] = predict_cli(f"split{split}", args, work, s["raw"], s["dataset_id"])
     return out
 
 
@@ -182,11 +190,10 @@ def score_split(paths: dict, args, device: torch.device) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_real_args(ap: argparse.ArgumentParser) -> None:
+    """The download, converter and budget options that real-data benchmarks share (not the splits)."""
     ap.add_argument("download", type=Path, nargs="?", help="the dataset as downloaded (the converter's SOURCE_DIR)")
     ap.add_argument("--converter", choices=sorted(CONVERTERS))
-    ap.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--num-train", type=int, default=160)
     ap.add_argument("--num-test", type=int, default=120)
     ap.add_argument("--size", type=int, default=64, help="images resized to SIZE x SIZE (CPU-sized)")
@@ -204,15 +211,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep conversions and finished trainings in --work")
-    ap.add_argument("--baselines-only", action="store_true",
-                    help="convert, split and train nnUNetTrainer only (UniSegDiff later with --reuse)")
     add_smoke_arg(ap)
-    args = ap.parse_args(argv)
+
+
+def start(ap: argparse.ArgumentParser, args, name: str, **tiny) -> tuple[Path, torch.device, Path]:
+    """What every real-data run does first: with --smoke a BUSI-like download and tiny budgets (plus `tiny`),
+    the work folder (emptied unless --reuse), torch threads, the trainers and nnU-Net's environment, the
+    converted download; (work, device, converted dataset folder)."""
     if args.smoke:
-        tmp = Path(tempfile.mkdtemp(prefix="accuracy_real_smoke_"))
-        apply_smoke(args, "accuracy_real", download=write_smoke_download(tmp / "download"), converter="busi",
-                    splits=[0], num_train=12, num_test=4, size=32, epochs_cfenet=1, dnet_epochs=[1], iterations=2,
-                    val_iterations=1, reuse=False, baselines_only=False, work=tmp / "work")
+        tmp = Path(tempfile.mkdtemp(prefix=f"{name}_smoke_"))
+        apply_smoke(args, name, download=write_smoke_download(tmp / "download"), converter="busi", num_train=12,
+                    num_test=4, size=32, epochs_cfenet=1, dnet_epochs=[1], iterations=2, val_iterations=1,
+                    reuse=False, work=tmp / "work", **tiny)
     elif args.download is None or args.converter is None:
         ap.error("DOWNLOAD and --converter are required (or --smoke)")
     args.first_split_id = args.first_split_id or args.dataset_id + 10
@@ -224,7 +234,17 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     write_trainers(work / "trainers", args)
     os.environ.update(nnunet_env(work, work / "trainers"))
-    source = convert_download(args, work)
+    return work, device, convert_download(args, work)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_real_args(ap)
+    ap.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="convert, split and train nnUNetTrainer only (UniSegDiff later with --reuse)")
+    args = ap.parse_args(argv)
+    work, device, source = start(ap, args, "accuracy_real", splits=[0], baselines_only=False)
     per_split, timings = [], {}
     for split in args.splits:
         print(f"split {split}: {args.converter}, nnUNetTrainer, UniSegDiff, predictions", flush=True)
