@@ -1,8 +1,10 @@
 """Tools in benchmarks/: combine.py (runs made one split at a time combine into the mean of all; runs that
 do not average are refused by name), draw_agreement.py's mirrored copies and choice_rules.py (each
 rule's choice on a recorded validation table, scored by that pipeline's held-out row), shifted_copy.py
-(a corrupted copy of held-out images, labels unchanged) and tiling.py (nnU-Net's tiles over a stitched image)."""
+(a corrupted copy of held-out images, labels unchanged), tiling.py (nnU-Net's tiles over a stitched image)
+and pooled_choice.py (its in-process fold ensemble averages what the network exports)."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,27 @@ def test_tiling_covers_a_two_patch_image_with_three_tiles_and_predicts_as_the_ne
     net = predictor.network
     expected = pipeline_probabilities(net, x, [net.settings.pipeline])[net.settings.pipeline][0].argmax(0)
     assert np.array_equal(tiling.pair_segmentations(predictor, x), expected.numpy())
+
+
+def test_pooled_choice_scores_each_pipeline_as_the_network_exports_it(draw_agreement):
+    """The benchmark's fold ensembles average these maps in-process; nnUNetv2_predict averages the forward's
+    output. Equal up to a per-pixel constant (softmax-equal), tempered or not, for every pipeline."""
+    import pooled_choice  # beside draw_agreement, on the path the fixture added
+
+    from nnunet_unisegdiff.model.settings import PIPELINES
+
+    predictor, cases = draw_agreement.smoke_cases(torch.device("cpu"))
+    net, (_, x, _) = predictor.network, cases[1]
+    torch.manual_seed(1)
+    with torch.no_grad():  # untrained, every draw is background; perturbed, the draws disagree on some pixels
+        for weight in net.dnet.parameters():
+            weight.add_(0.3 * torch.randn_like(weight))
+    assert (net.sample(x).masks.float().mean(1) % 1 > 0).any()  # so tempering changes some probabilities
+    for temper in ("free", "on"):
+        net.set_settings(replace(net.settings, temper_with_draws=temper))
+        exported = pooled_choice.exported_log_probabilities(net, x)
+        assert set(exported) == set(PIPELINES)
+        for name in PIPELINES:
+            net.set_settings(replace(net.settings, pipeline=name))
+            forward = net(x)[0]  # (C, H, W)
+            assert torch.allclose(exported[name].softmax(0), forward.softmax(0), atol=1e-6), (temper, name)
