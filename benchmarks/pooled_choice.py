@@ -38,6 +38,7 @@ from accuracy import (
     unisegdiff_trainer,
 )
 from accuracy_real import add_real_args, prepare_split, start
+from tqdm import tqdm
 
 from nnunet_unisegdiff.diffusion.fusion import probabilities_to_logits
 from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
@@ -86,7 +87,7 @@ def score(raw: Path, model: Path, folds: list[int], own: dict[int, str], pooled:
     per_fold: dict[int, dict[str, list]] = {f: {} for f in folds}
     ensemble: dict[str, list] = {}
     agreement: dict[str, list] = {}
-    for image in sorted((raw / "imagesTs").glob("*_0000.png")):
+    for image in tqdm(sorted((raw / "imagesTs").glob("*_0000.png")), desc="held-out images", unit="image"):
         case = image.name[: -len("_0000.png")]
         gt = first.rw.read_seg(str(raw / "labelsTs" / f"{case}.png"))[0][0]
         logp = {}
