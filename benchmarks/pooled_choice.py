@@ -90,10 +90,8 @@ def score(raw: Path, model: Path, folds: list[int], own: dict[int, str], pooled:
     for image in tqdm(sorted((raw / "imagesTs").glob("*_0000.png")), desc="held-out images", unit="image"):
         case = image.name[: -len("_0000.png")]
         gt = first.rw.read_seg(str(raw / "labelsTs" / f"{case}.png"))[0][0]
-        logp = {}
-        for f, scorer in scorers.items():
-            x, props = scorer.preprocess(image)
-            logp[f] = exported_log_probabilities(scorer.net, x)  # {pipeline: (C, *spatial)}
+        x, props = first.preprocess(image)  # the folds share one plan: read and preprocess the image once
+        logp = {f: exported_log_probabilities(scorer.net, x) for f, scorer in scorers.items()}  # {pipeline: (C, *sp.)}
         rows_of = {f: {f"pipeline: {n}": first.segmentation(lp, props) for n, lp in logp[f].items()} for f in folds}
         for f in folds:
             rows_of[f].update({"own choice": rows_of[f][f"pipeline: {own[f]}"],
