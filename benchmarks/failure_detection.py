@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,15 @@ from nnunet_unisegdiff.evaluation.failure_metrics import (
 )
 from nnunet_unisegdiff.evaluation.scoring import reader_writer
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map, load_probabilities
+from nnunet_unisegdiff.evaluation.validation_record import ValidationRecord, model_record
 
 NAME = "failure_detection"
 THRESHOLDS = (0.5, 0.8)  # a case failed when its Dice is below
 # score -> (how to read it as an uncertainty: higher = more likely failed, description)
 SCORES = {"mean_entropy": (lambda v: v, "mean normalised entropy"),
           "confidence": (lambda v: 1.0 - v, "soft-Dice confidence"),
+          "confidence_validated": (lambda v: 1.0 - v, "soft-Dice confidence weighed by the model's validation "
+                                                      "record (unisegdiff uncertainty --model)"),
           "pairwise_dice": (lambda v: 1.0 - v, "mean pairwise Dice of the members")}
 
 
@@ -102,10 +106,23 @@ def parse_named(spec: str, several: bool = False) -> tuple[str, list[Path]]:
     return name or paths[0].name, paths
 
 
+def parse_model(spec: str) -> tuple[str, ValidationRecord]:
+    """'NAME=MODEL_FOLDER[:FOLDS]' -> (NAME, its validation record)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--model {spec}: expected NAME=MODEL_FOLDER[:FOLDS]")
+    folder, _, folds = rest.partition(":")
+    try:
+        return name, model_record(folder, folds.split(",") if folds else None)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--model {spec}: {e}") from e
+
+
 # ----------------------------------------------------------------------------- scoring
-def score_model(name: str, folders: list[Path], labels: Labels) -> dict:
+def score_model(name: str, folders: list[Path], labels: Labels, record: ValidationRecord | None = None) -> dict:
     """Per-case Dice and scores, and the pixel calibration, of one model (one folder) or of an
-    ensemble (several folders, mean probabilities)."""
+    ensemble (several folders, mean probabilities); with `record` (its validation
+    record, `validation_record.py`) also `confidence_validated`."""
     calibration = CalibrationAccumulator()
     cases = []
     for case, gt_file in labels.gt.items():
@@ -121,12 +138,15 @@ def score_model(name: str, folders: list[Path], labels: Labels) -> dict:
         row = {"case": case, "dice": dice(prediction, gt), "gt_empty": bool((gt == 0).all()),
                "pred_empty": bool((prediction == 0).all()),
                "mean_entropy": float(entropy_map(probs).mean()), "confidence": case_confidence(probs)}
+        if record is not None:
+            row["confidence_validated"] = case_confidence(probs, **record.weights)
         if len(folders) > 1:
             masks = [labels.prediction(f, case, p) for f, p in zip(folders, member_probs)]
             row["pairwise_dice"] = mean_pairwise_dice(masks)
         calibration.add(1.0 - probs[0], gt > 0)
         cases.append(row)
     return {"model": name, "members": [str(f) for f in folders], "compute": f"{len(folders)}x one model",
+            "validation_record": None if record is None else {**asdict(record), **record.weights},
             "cases": cases, "ece": calibration.ece(), "brier": calibration.brier(),
             "pixels": calibration.pixels}
 
@@ -220,6 +240,18 @@ def write_smoke_folders(root: Path, n_cases: int = 16, seed: int = 0) -> dict[st
             "overconfident": [folders["overconfident"]], "ensemble": [folders[m] for m in ("m0", "m1", "m2")]}
 
 
+def write_smoke_validation(model_folder: Path, gt_dir: Path, pred_dir: Path) -> Path:
+    """A model folder whose fold_0/validation/summary.json nnU-Net's own evaluation writes from
+    `pred_dir` against `gt_dir` (the smoke's stand-in for a fold's validation)."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    out = model_folder / "fold_0" / "validation"
+    out.mkdir(parents=True)
+    compute_metrics_on_folder(str(gt_dir), str(pred_dir), str(out / "summary.json"), NaturalImage2DIO(), ".png", [1],
+                              num_processes=1)
+    return model_folder
+
+
 def _signed_distance(mask: np.ndarray) -> np.ndarray:
     """Approximate signed distance to the mask border (> 0 inside), from the pixel's distance to
     the nearest pixel of the other kind (brute force: the smoke images are small)."""
@@ -242,6 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a prediction folder with CASE.npz (--save_probabilities) and label files; repeatable")
     ap.add_argument("--ensemble", action="append", default=[], metavar="NAME=DIR1,DIR2,...",
                     help="several models' prediction folders scored as one ensemble; repeatable")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=MODEL_FOLDER[:FOLDS]",
+                    help="the trained model behind --pred/--ensemble NAME (its fold_X/validation/summary.json, "
+                         "FOLDS e.g. 0 or 0,1,2; default every fold): adds the score confidence_validated")
     ap.add_argument("--json", type=Path, default=None, help=f"default benchmarks/results/{NAME}.json")
     ap.add_argument("--markdown", type=Path, default=None, help="default: the JSON path with .md")
     ap.add_argument("--smoke", action="store_true", help="synthetic folders in a temp dir, end to end")
@@ -257,10 +292,16 @@ def run(args: argparse.Namespace, tmp: Path | None = None) -> list[dict]:
         args.gt = folders.pop("gt")[0]
         args.pred = [f"{k}={v[0]}" for k, v in folders.items() if len(v) == 1]
         args.ensemble = [f"ensemble={','.join(str(p) for p in folders['ensemble'])}"]
+        model = write_smoke_validation(tmp / "model_calibrated", args.gt, folders["calibrated"][0])
+        args.model = [f"calibrated={model}"]
         args.json = args.json or tmp / f"{NAME}.json"
     labels = Labels(args.gt)
-    models = [score_model(*parse_named(s), labels) for s in args.pred]
-    models += [score_model(*parse_named(s, several=True), labels) for s in args.ensemble]
+    records = dict(parse_model(s) for s in args.model)
+    named = [parse_named(s) for s in args.pred] + [parse_named(s, several=True) for s in args.ensemble]
+    unknown = set(records) - {name for name, _ in named}
+    if unknown:
+        raise SystemExit(f"--model {', '.join(sorted(unknown))}: no --pred or --ensemble of that name")
+    models = [score_model(name, folders, labels, records.get(name)) for name, folders in named]
     rows = [row for m in models for row in summarize(m)]
     print_table(rows, COLUMNS)
     json_path = args.json or RESULTS / f"{NAME}.json"

@@ -21,6 +21,11 @@ from PIL import Image  # noqa: E402
 from nnunet_unisegdiff.evaluation import evaluate, uncertainty  # noqa: E402
 from nnunet_unisegdiff.evaluation import report as tables  # noqa: E402
 from nnunet_unisegdiff.evaluation.confidence import case_confidence  # noqa: E402
+from nnunet_unisegdiff.evaluation.validation_record import (  # noqa: E402
+    ValidationRecord,
+    confidence_weights,
+    model_record,
+)
 
 REVIEW_ROWS = 5  # cases per method in the README's review list
 
@@ -164,7 +169,9 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
     (report_dir / "metrics.md").write_text(table)
     empty_rule = results[methods[0]]["meta"]["empty_rule_text"]
 
-    unc_rows = uncertainty.write_uncertainty(pred_dirs[uncertainty_of], images_dir=images_dir)
+    records = {name: fold_record(folder) for name, folder in (training_dirs or {}).items()}
+    unc_rows = uncertainty.write_uncertainty(pred_dirs[uncertainty_of], images_dir=images_dir,
+                                             record=records.get(uncertainty_of))
     unc_maps = {p.name[:-len(".npz")]: uncertainty.entropy_map(uncertainty.load_probabilities(p))
                 for p in sorted(Path(pred_dirs[uncertainty_of]).glob("*.npz"))}
 
@@ -174,7 +181,7 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
     false_lesion = {r["case"] for rows in per_case.values() for r in rows if r["gt_empty"] and not r["pred_empty"]}
     cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases, false_lesion)
     grid = report_dir / "predictions.png"
-    confidence = {name: method_confidence(folder) for name, folder in pred_dirs.items()}
+    confidence = {name: method_confidence(folder, records.get(name)) for name, folder in pred_dirs.items()}
     plot_grid(grid, cases, Path(images_dir), Path(labels_dir), pred_dirs, per_case, unc_maps, tasks, uncertainty_of,
               confidence=confidence)
 
@@ -195,15 +202,25 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
                "uncertainty_of": uncertainty_of, "exported": exported,
                "most_uncertain": [r["case"] for r in sorted(unc_rows, key=lambda r: -r["mean_entropy"])[:3]],
                "confidence": confidence,
+               "validation_records": {name: rec.describe() for name, rec in records.items() if rec},
                "review": {name: review_rows(confidence[name], per_case[name]) for name in methods if confidence[name]}}
     finish_report(report_dir, summary)
     return summary
 
 
-def method_confidence(pred_dir: Path) -> dict[str, float]:
+def method_confidence(pred_dir: Path, record: ValidationRecord | None = None) -> dict[str, float]:
     """case -> per-case confidence from the method's saved probabilities ({} when none were saved)."""
-    return {p.name[:-len(".npz")]: case_confidence(uncertainty.load_probabilities(p))
+    return {p.name[:-len(".npz")]: case_confidence(uncertainty.load_probabilities(p),
+                                                   **confidence_weights(record))
             for p in sorted(Path(pred_dir).glob("*.npz"))}
+
+
+def fold_record(fold_dir: Path) -> ValidationRecord | None:
+    """The fold's validation record (None when it has no validation summary)."""
+    try:
+        return model_record(fold_dir)
+    except FileNotFoundError:
+        return None
 
 
 def review_rows(confidence: Mapping[str, float], per_case: Sequence[Mapping],
@@ -223,15 +240,18 @@ def review_rows(confidence: Mapping[str, float], per_case: Sequence[Mapping],
     return out
 
 
-def review_lines(review: Mapping[str, Sequence[Mapping]]) -> list[str]:
-    """README section: each method's least confident cases."""
+def review_lines(review: Mapping[str, Sequence[Mapping]], records: Mapping[str, str] | None = None) -> list[str]:
+    """README section: each method's least confident cases (and its validation record's weights)."""
     if not review:
         return []
+    weighed = [f"- {name}: {text}" for name, text in (records or {}).items()]
     lines = ["## Review list: the least confident cases", "",
              ("`confidence` (0..1, higher = more likely a good segmentation) is what `unisegdiff uncertainty` "
               "writes to `uncertainty.csv`: the soft Dice between a method's probabilities and its own mask, "
               "and for an empty mask how far its most lesion-like pixel stays below 0.5 "
-              "(`docs/method.md`). It is computed from each method's saved probabilities alike."), "",
+              "(`docs/method.md`), times the mean Dice that the method's predictions of that kind (empty, or "
+              "with a lesion) reached on its validation cases (`unisegdiff uncertainty --model`). It is "
+              "computed from each method's saved probabilities alike."), "", *weighed, *([""] if weighed else []),
              "| method | rank | case | confidence | outcome |", "|---|---:|---|---:|---|"]
     for name, rows in review.items():
         lines += [f"| {name} | {r['rank']} | {r['case']} | {r['confidence']:.3f} | {r['outcome']} |" for r in rows]
@@ -287,7 +307,8 @@ def finish_report(report_dir: Path, summary: dict) -> None:
                f"Dice, and the uncertainty map: the normalised entropy of {uncertainty_source(summary)} (black: "
                "one class certain; yellow: lesion and background equally likely). All cases: "
                f"`{summary['uncertainty_dir']}`. Under each mask: its Dice and the method's per-case confidence."),
-              "", f"![predictions]({summary['grid']})", "", *review_lines(summary.get("review", {}))]
+              "", f"![predictions]({summary['grid']})", "",
+              *review_lines(summary.get("review", {}), summary.get("validation_records"))]
     if summary.get("curves"):
         lines += ["## Training curves (nnU-Net's progress plots)", ""]
         for name, files in summary["curves"].items():

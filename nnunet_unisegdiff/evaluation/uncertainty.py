@@ -10,7 +10,7 @@ for a binary lesion). For a single-pass network (nnUNetTrainer) the same command
 of its softmax.
 
     nnUNetv2_predict -i IMAGES -o PRED -d D -c 2d -tr nnUNetTrainerUniSegDiff -f 0 --save_probabilities
-    unisegdiff uncertainty PRED [--images IMAGES] [-o OUT]
+    unisegdiff uncertainty PRED [--images IMAGES] [-o OUT] [-m MODEL_FOLDER [-f 0]]
 
 Per case `CASE.npz` it writes, into `PRED/uncertainty/` by default (a sub-folder, because
 evaluators such as `nnUNetv2_evaluate_folder` treat every `.png` beside the labels as a prediction):
@@ -30,10 +30,13 @@ evaluators such as `nnUNetv2_evaluate_folder` treat every `.png` beside the labe
 `confidence` is a per-case score in [0, 1], higher = more likely a good segmentation
 (`nnunet_unisegdiff.evaluation.confidence`): the soft Dice between the foreground probabilities
 and their own mask when a lesion is predicted, and for an empty prediction how far its most
-lesion-like pixel stays below 0.5. It reads only the probabilities, so nnUNetTrainer's softmax and
-UniSegDiff's fused draws are scored alike, and it is only as informative as they are: a posterior
-saturated to 0/1 gives every case a confidence near 1. The command prints the cases ranked by it,
-least confident first: the review list.
+lesion-like pixel stays below 0.5; with `--model`, times the mean Dice that predictions of the
+same kind (empty, or with a lesion) reached on the model's validation cases: a map cannot show a
+lesion the network never responded to, the validation record can. It reads only the
+probabilities (and, with `--model`, the summary.json nnU-Net wrote after training), so
+nnUNetTrainer's softmax and UniSegDiff's fused draws are scored alike, and it is only as
+informative as they are: a posterior saturated to 0/1 gives every case a confidence near 1. The
+command prints the cases ranked by it, least confident first: the review list.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
+from nnunet_unisegdiff.evaluation.validation_record import ValidationRecord, confidence_weights, model_record
 
 DEFAULT_SUBDIR = "uncertainty"
 DEFAULT_CMAP = "inferno"
@@ -172,9 +176,11 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
 
 
-def case_statistics(case: str, u: np.ndarray, prediction: np.ndarray, probs: np.ndarray) -> dict:
+def case_statistics(case: str, u: np.ndarray, prediction: np.ndarray, probs: np.ndarray,
+                    record: ValidationRecord | None = None) -> dict:
     """One row of uncertainty.csv (`review_rank` is added once all cases are known)."""
-    return {"case": case, "confidence": case_confidence(probs), "mean_entropy": float(u.mean()),
+    return {"case": case, "confidence": case_confidence(probs, **confidence_weights(record)),
+            "mean_entropy": float(u.mean()),
             "p95_entropy": float(np.percentile(u, 95)),
             "uncertain_fraction": float((u > UNCERTAIN_LEVEL).mean()),
             "foreground_pixels": int((prediction > 0).sum())}
@@ -211,7 +217,7 @@ def write_volume_map(values: np.ndarray, path: Path, geometry_file: Path) -> boo
 
 
 def write_case(npz_file: Path, out_dir: Path, images_dir: Path | None = None,
-               cmap: str = DEFAULT_CMAP) -> dict:
+               cmap: str = DEFAULT_CMAP, record: ValidationRecord | None = None) -> dict:
     """Both PNGs of one case (and the NIfTI map of a 3D case); returns its statistics row (with
     the written file names)."""
     case = npz_file.name[:-len(".npz")]
@@ -229,7 +235,7 @@ def write_case(npz_file: Path, out_dir: Path, images_dir: Path | None = None,
     heat_file, overlay_file = out_dir / f"{case}_uncertainty.png", out_dir / f"{case}_overlay.png"
     _write_png(heat_file, heatmap_rgb(montage(u), cmap))
     _write_png(overlay_file, overlay_rgb(montage(u), montage(prediction), image, cmap))
-    row = {**case_statistics(case, u, prediction, probs), "uncertainty_png": heat_file.name,
+    row = {**case_statistics(case, u, prediction, probs, record), "uncertainty_png": heat_file.name,
            "overlay_png": overlay_file.name}
     if u.ndim == 3:
         row["uncertainty_volume"] = _write_case_volume(u, out_dir / f"{case}_uncertainty.nii.gz",
@@ -257,9 +263,10 @@ def rank_for_review(rows: Sequence[dict]) -> list[dict]:
 
 def write_uncertainty(pred_dir: str | Path, out_dir: str | Path | None = None,
                       images_dir: str | Path | None = None, cmap: str = DEFAULT_CMAP,
-                      cases: Sequence[str] | None = None) -> list[dict]:
+                      cases: Sequence[str] | None = None, record: ValidationRecord | None = None) -> list[dict]:
     """Uncertainty PNGs for every `CASE.npz` of an nnU-Net prediction folder (or only `cases`);
-    writes `uncertainty.csv` and returns its rows."""
+    writes `uncertainty.csv` and returns its rows. record: the model's validation record, which
+    weighs the confidence's branches (`validation_record.py`)."""
     pred_dir = Path(pred_dir)
     out_dir = Path(out_dir) if out_dir is not None else pred_dir / DEFAULT_SUBDIR
     files = sorted(pred_dir.glob("*.npz"))
@@ -270,7 +277,8 @@ def write_uncertainty(pred_dir: str | Path, out_dir: str | Path | None = None,
         raise FileNotFoundError(f"no .npz probability files in {pred_dir}: run nnUNetv2_predict with "
                                 "--save_probabilities")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [write_case(f, out_dir, Path(images_dir) if images_dir else None, cmap) for f in files]
+    rows = [write_case(f, out_dir, Path(images_dir) if images_dir else None, cmap, record)
+            for f in files]
     rank_for_review(rows)
     fields = list(dict.fromkeys(k for row in rows for k in row))  # 2D and 3D rows may differ
     with open(out_dir / "uncertainty.csv", "w", newline="") as f:
@@ -294,6 +302,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the folder given to nnUNetv2_predict -i: overlays are drawn on the images; "
                         "3D maps take their geometry from them when PRED_DIR has no label file")
     p.add_argument("--cmap", default=DEFAULT_CMAP, help=f"matplotlib colour map (default {DEFAULT_CMAP})")
+    p.add_argument("-m", "--model", default=None, metavar="MODEL_FOLDER",
+                   help="the trained model (TRAINER__PLANS__CONFIGURATION folder, or one fold_X): empty and lesion "
+                        "predictions are weighed by the mean Dice each kind reached on its validation cases "
+                        "(fold_X/validation/summary.json); recommended")
+    p.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
+                   help="with --model: the folds whose validation to read (default: every fold that has one; "
+                        "the folds you predicted with)")
     p.add_argument("--review", type=int, default=DEFAULT_REVIEW, metavar="N",
                    help=f"cases in the printed review list (default {DEFAULT_REVIEW}; 0 = all)")
     p.set_defaults(func=main)
@@ -313,9 +328,16 @@ def review_list(rows: Sequence[dict], limit: int | None = DEFAULT_REVIEW) -> str
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.folds is not None and args.model is None:
+        print("unisegdiff uncertainty: error: --folds needs --model", file=sys.stderr)
+        return 2
     try:
-        rows = write_uncertainty(args.pred, args.output, args.images, args.cmap)
-    except (FileNotFoundError, KeyError) as e:
+        record = None if args.model is None else model_record(args.model, args.folds)
+        print(record.describe() if record else
+              "confidence from the probabilities alone; --model MODEL_FOLDER also weighs empty and lesion predictions "
+              "by how good each kind was on the model's validation cases")
+        rows = write_uncertainty(args.pred, args.output, args.images, args.cmap, record=record)
+    except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"unisegdiff uncertainty: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.output) if args.output else Path(args.pred) / DEFAULT_SUBDIR

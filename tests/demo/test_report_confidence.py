@@ -67,3 +67,27 @@ def test_a_method_without_saved_probabilities_has_no_review_list(tmp_path, run):
     summary = demo_report.write_report(tmp_path / "report", {"M": pred, "Bare": bare}, images, labels,
                                        grid_cases=3, uncertainty_of="M")
     assert "Bare" not in summary["review"] and summary["confidence"]["Bare"] == {}
+
+
+def test_a_method_with_a_validation_record_is_weighed_by_it(tmp_path, run):
+    """With the method's fold folder (its validation/summary.json, here nnU-Net's evaluation of the
+    same predictions), each case's confidence is its branch's weight times the map's own."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    from nnunet_unisegdiff.evaluation.confidence import case_confidence
+    from nnunet_unisegdiff.evaluation.uncertainty import load_probabilities
+    from nnunet_unisegdiff.evaluation.validation_record import model_record
+    images, labels, pred, cases, _ = run
+    fold = tmp_path / "fold_0"
+    (fold / "validation").mkdir(parents=True)
+    compute_metrics_on_folder(str(labels), str(pred), str(fold / "validation" / "summary.json"), NaturalImage2DIO(),
+                              ".png", [1], num_processes=1)
+    record = model_record(fold)
+    assert record.lesion_weight < 1 and record.empty_weight < 1
+    summary = demo_report.write_report(tmp_path / "report", {"M": pred}, images, labels, grid_cases=3,
+                                       training_dirs={"M": fold})
+    for c in cases:
+        expected = case_confidence(load_probabilities(pred / f"{c}.npz"), **record.weights)
+        assert summary["confidence"]["M"][c] == pytest.approx(expected)
+    assert f"- M: {record.describe()}" in (tmp_path / "report" / "README.md").read_text()

@@ -69,7 +69,9 @@ def test_smoke_run_writes_the_table_json_and_markdown(tmp_path):
     assert {(r["model"], r["score"]) for r in rows} == {
         ("calibrated", "mean_entropy"), ("calibrated", "confidence"), ("overconfident", "mean_entropy"),
         ("overconfident", "confidence"), ("ensemble", "mean_entropy"), ("ensemble", "confidence"),
-        ("ensemble", "pairwise_dice")}
+        ("ensemble", "pairwise_dice"), ("calibrated", "confidence_validated")}
+    record = next(m for m in models if m["model"] == "calibrated")["validation_record"]
+    assert record["empty"] + record["lesion"] == 16  # the smoke's stand-in validation: nnU-Net's summary.json
     for r in rows:
         assert r["cases"] == 16 and 0 <= r["auroc_0.5"] <= 1 and 0 <= r["auroc_0.8"] <= 1
         assert r["aurc_oracle"] <= r["aurc"] + 1e-12 and 0 <= r["ece"] <= 1 and 0 <= r["brier"] <= 1

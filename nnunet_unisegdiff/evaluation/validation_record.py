@@ -1,0 +1,124 @@
+"""How good a model's empty predictions and its lesion predictions were, read from its own
+cross-validation: the weights of the two branches of the per-case confidence.
+
+Why. The confidence (`confidence.py`) judges a map by itself: a lesion by how crisp it is, an
+empty map by how far its pixels stay from the decision boundary. A lesion the network never
+responded to leaves no trace in the map, so on its own the empty branch ranks missed lesions as
+the surest cases: on real BUSI, 43-62 % of the held-out images nnU-Net predicted empty held a
+lesion, and they were its most confidently ranked failures (benchmarks/README.md section 8). How
+often that happened on the fold's validation cases is known: nnU-Net writes every fold's
+validation metrics to `fold_X/validation/summary.json` for any trainer (per case and label the
+Dice and `n_pred` / `n_ref`, the predicted and reference voxel counts), as it reads its
+cross-validation to choose postprocessing.
+
+Per kind of prediction (empty, or with a lesion) the record holds the mean validation Dice of the
+cases predicted that way: an empty prediction scores 1 when the reference is empty too and 0 when
+it missed a lesion; a lesion prediction scores its Dice (0 on a lesion-free reference). The weight
+is that mean with one success and one failure added, (sum + 1) / (n + 2), so a kind that validation
+never produced weighs 1/2 and a handful of cases never gives exactly 0 or 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SUMMARY = Path("validation") / "summary.json"
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """Validation cases by kind of prediction, with the Dice they reached."""
+    empty: int  # cases predicted without any foreground
+    empty_right: int  # of those, with an empty reference (Dice 1; the others 0)
+    lesion: int  # cases predicted with some foreground
+    lesion_dice: float  # the sum of their Dice
+    sources: tuple[str, ...]  # the summary.json files read
+
+    @property
+    def empty_weight(self) -> float:
+        """(k + 1) / (n + 2): the smoothed share of empty predictions that were right."""
+        return (self.empty_right + 1) / (self.empty + 2)
+
+    @property
+    def lesion_weight(self) -> float:
+        """(sum of Dice + 1) / (n + 2): the smoothed mean Dice of lesion predictions."""
+        return (self.lesion_dice + 1) / (self.lesion + 2)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """`case_confidence`'s keyword arguments."""
+        return {"empty_weight": self.empty_weight, "lesion_weight": self.lesion_weight}
+
+    def describe(self) -> str:
+        return (f"validation ({len(self.sources)} summary.json, {self.empty + self.lesion} cases): "
+                f"{self.empty_right} of {self.empty} empty predictions were lesion-free, "
+                f"{self.lesion} lesion predictions reached mean Dice "
+                f"{self.lesion_dice / max(self.lesion, 1):.2f}; confidence weights: empty "
+                f"{self.empty_weight:.2f}, lesion {self.lesion_weight:.2f}")
+
+
+def case_outcomes(summary_file: str | Path) -> list[tuple[bool, float]]:
+    """(prediction empty, Dice) per case of an nnU-Net `summary.json`. Empty: every label (or
+    region) predicts 0 voxels; its Dice is 1 when every reference is empty too, else 0. Otherwise
+    the mean Dice over the labels that are present in the prediction or the reference."""
+    path = Path(summary_file)
+    try:
+        per_case = json.loads(path.read_text())["metric_per_case"]
+        return [_outcome(list(case["metrics"].values())) for case in per_case]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(f"{path}: not an nnU-Net validation summary with per-case Dice, n_pred and n_ref "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def _outcome(metrics: list[dict]) -> tuple[bool, float]:
+    if not metrics:
+        raise ValueError("a case without metrics")
+    if all(m["n_pred"] == 0 for m in metrics):
+        return True, float(all(m["n_ref"] == 0 for m in metrics))
+    dice = [float(m["Dice"]) for m in metrics if m["n_pred"] + m["n_ref"] > 0]
+    if any(math.isnan(d) for d in dice):
+        raise ValueError("Dice is NaN where a label is present")
+    return False, sum(dice) / len(dice)
+
+
+def summary_files(model_folder: str | Path, folds: Sequence[int | str] | None = None) -> list[Path]:
+    """The validation summaries of a trained model: `fold_X/validation/summary.json` for `folds`
+    (default: every fold that has one); a single fold's folder is accepted too."""
+    folder = Path(model_folder)
+    if folds is None and (folder / SUMMARY).is_file():
+        return [folder / SUMMARY]
+    if folds is None:
+        found = sorted(p for p in folder.glob(f"fold_*/{SUMMARY}") if p.is_file())
+    else:
+        found = [folder / f"fold_{f}" / SUMMARY for f in folds]
+        missing = [str(p) for p in found if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"no validation summary: {', '.join(missing)} (nnUNetv2_train writes it "
+                                    "after training; --val runs it again)")
+    if not found:
+        raise FileNotFoundError(f"{folder}: no fold_X/{SUMMARY} (give the trained model's folder, "
+                                "TRAINER__PLANS__CONFIGURATION, after nnUNetv2_train finished its validation)")
+    return found
+
+
+def validation_record(files: Iterable[str | Path]) -> ValidationRecord:
+    """The record over the given summaries (e.g. all folds of a cross-validation)."""
+    files = [Path(f) for f in files]
+    outcomes = [o for f in files for o in case_outcomes(f)]
+    empty = [d for is_empty, d in outcomes if is_empty]
+    lesion = [d for is_empty, d in outcomes if not is_empty]
+    return ValidationRecord(empty=len(empty), empty_right=int(sum(empty)), lesion=len(lesion),
+                            lesion_dice=float(sum(lesion)), sources=tuple(str(f) for f in files))
+
+
+def confidence_weights(record: ValidationRecord | None) -> dict[str, float]:
+    """`case_confidence`'s keyword arguments for `record` (none without one: the map alone decides)."""
+    return {} if record is None else record.weights
+
+
+def model_record(model_folder: str | Path, folds: Sequence[int | str] | None = None) -> ValidationRecord:
+    """`validation_record` of a trained model's (or one fold's) validation summaries."""
+    return validation_record(summary_files(model_folder, folds))

@@ -1,0 +1,137 @@
+"""The validation record: nnU-Net's validation summary.json read into the weights of the
+confidence's two branches, and `unisegdiff uncertainty --model` using them."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+from PIL import Image
+
+from nnunet_unisegdiff import cli
+from nnunet_unisegdiff.evaluation.confidence import case_confidence
+from nnunet_unisegdiff.evaluation.validation_record import (
+    case_outcomes,
+    confidence_weights,
+    model_record,
+    summary_files,
+)
+
+SIZE = 16
+
+
+def square(r0: int, r1: int) -> np.ndarray:
+    m = np.zeros((SIZE, SIZE), bool)
+    m[r0:r1, 4:12] = True
+    return m
+
+
+EMPTY = np.zeros((SIZE, SIZE), bool)
+LESION = square(4, 12)  # 64 pixels
+HALF = square(4, 8)  # 32 of them: Dice 2 * 32 / (64 + 32) = 2/3
+# case -> (reference, prediction): two right empties, a missed lesion, an exact and a half lesion,
+# a false lesion on a lesion-free image
+FOLD0 = {"a": (LESION, LESION), "b": (LESION, HALF), "c": (LESION, EMPTY), "d": (EMPTY, EMPTY),
+         "e": (EMPTY, LESION), "f": (EMPTY, EMPTY)}
+FOLD1 = {"g": (LESION, EMPTY), "h": (LESION, LESION)}
+
+
+def write_fold(fold_dir, cases) -> None:
+    """fold_dir/validation/summary.json as nnU-Net's own evaluation writes it."""
+    ref, pred = fold_dir / "ref", fold_dir / "validation"
+    for folder in (ref, pred):
+        folder.mkdir(parents=True, exist_ok=True)
+    for case, (r, p) in cases.items():
+        Image.fromarray(r.astype(np.uint8)).save(ref / f"{case}.png")
+        Image.fromarray(p.astype(np.uint8)).save(pred / f"{case}.png")
+    compute_metrics_on_folder(str(ref), str(pred), str(pred / "summary.json"), NaturalImage2DIO(), ".png", [1],
+                              num_processes=1)
+
+
+@pytest.fixture
+def model(tmp_path):
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__2d"
+    write_fold(folder / "fold_0", FOLD0)
+    write_fold(folder / "fold_1", FOLD1)
+    return folder
+
+
+def test_the_record_counts_each_kind_of_prediction_from_nnunets_summary(model):
+    outcomes = case_outcomes(model / "fold_0" / "validation" / "summary.json")
+    assert [empty for empty, _ in sorted(outcomes)] == [False] * 3 + [True] * 3
+    assert [d for _, d in sorted(outcomes)] == pytest.approx([0.0, 2 / 3, 1.0, 0.0, 1.0, 1.0])
+    record = model_record(model, folds=[0])
+    assert (record.empty, record.empty_right, record.lesion) == (3, 2, 3)
+    assert record.lesion_dice == pytest.approx(1 + 2 / 3)
+    assert record.empty_weight == pytest.approx((2 + 1) / (3 + 2))
+    assert record.lesion_weight == pytest.approx((1 + 2 / 3 + 1) / (3 + 2))
+    assert model_record(model / "fold_0").weights == record.weights  # one fold's folder works too
+
+
+def test_all_folds_are_pooled_by_default_and_folds_select(model):
+    pooled = model_record(model)
+    assert (pooled.empty, pooled.empty_right, pooled.lesion) == (4, 2, 4)
+    assert len(pooled.sources) == 2
+    assert model_record(model, folds=["1"]).empty == 1
+    assert "2 of 4 empty predictions were lesion-free" in pooled.describe()
+
+
+def test_missing_or_malformed_summaries_are_clear_errors(model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="fold_3"):
+        summary_files(model, folds=[3])
+    with pytest.raises(FileNotFoundError, match="no fold_X"):
+        summary_files(tmp_path / "nothing_here")
+    bad = tmp_path / "bad" / "fold_0" / "validation"
+    bad.mkdir(parents=True)
+    (bad / "summary.json").write_text(json.dumps({"metric_per_case": [{"metrics": {"1": {"Dice": 0.5}}}]}))
+    with pytest.raises(ValueError, match=r"bad/fold_0/validation/summary.json.*n_pred"):
+        model_record(tmp_path / "bad")
+
+
+def binary(p_fg: np.ndarray) -> np.ndarray:
+    return np.stack([1 - p_fg, p_fg])[:, None].astype(np.float32)
+
+
+def test_weights_scale_each_branch_of_the_confidence_and_nothing_else():
+    crisp_empty = binary(np.full((SIZE, SIZE), 0.01))
+    soft_lesion = binary(np.where(LESION, 0.8, 0.02))
+    raw_empty, raw_lesion = case_confidence(crisp_empty), case_confidence(soft_lesion)
+    assert case_confidence(crisp_empty, empty_weight=0.4, lesion_weight=0.9) == pytest.approx(0.4 * raw_empty)
+    assert case_confidence(soft_lesion, empty_weight=0.4, lesion_weight=0.9) == pytest.approx(0.9 * raw_lesion)
+    assert confidence_weights(None) == {}
+    with pytest.raises(ValueError, match="empty_weight"):
+        case_confidence(crisp_empty, empty_weight=1.5)
+
+
+def test_uncertainty_with_model_ranks_a_crisp_empty_prediction_by_the_models_record(model, tmp_path, capsys):
+    """A crisp empty map is the surest case by its probabilities alone; for a model whose empty
+    prediction missed a lesion on validation (fold 1) it is reviewed before a soft lesion."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for case, p in {"empty": np.full((SIZE, SIZE), 0.01), "soft": np.where(LESION, 0.8, 0.02)}.items():
+        np.savez_compressed(pred / f"{case}.npz", probabilities=binary(p))
+
+    def confidences(*extra):
+        assert cli.main(["uncertainty", str(pred), *extra]) == 0
+        with open(pred / "uncertainty" / "uncertainty.csv") as f:
+            return {r["case"]: (float(r["confidence"]), int(r["review_rank"])) for r in csv.DictReader(f)}
+
+    alone = confidences()
+    assert alone["empty"][1] == 2 and alone["soft"][1] == 1
+    weighed = confidences("--model", str(model), "-f", "1")
+    record = model_record(model, folds=[1])
+    assert weighed["empty"][0] == pytest.approx(record.empty_weight * alone["empty"][0], abs=1e-5)
+    assert weighed["soft"][0] == pytest.approx(record.lesion_weight * alone["soft"][0], abs=1e-5)
+    assert weighed["empty"][1] == 1 and weighed["soft"][1] == 2
+    assert "0 of 1 empty predictions were lesion-free" in capsys.readouterr().out
+
+
+def test_uncertainty_folds_without_model_and_a_wrong_model_folder_are_errors(tmp_path, capsys):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    np.savez_compressed(pred / "x.npz", probabilities=binary(np.zeros((SIZE, SIZE))))
+    assert cli.main(["uncertainty", str(pred), "-f", "0"]) == 2
+    assert "--folds needs --model" in capsys.readouterr().err
+    assert cli.main(["uncertainty", str(pred), "--model", str(tmp_path / "missing")]) == 2
+    assert "missing: no fold_X" in capsys.readouterr().err
