@@ -5,7 +5,7 @@ Why. The confidence (`confidence.py`) judges a map by itself: a lesion by how cr
 empty map by how far its pixels stay from the decision boundary. A lesion the network never
 responded to leaves no trace in the map, so on its own the empty branch ranks missed lesions as
 the surest cases: on real BUSI, 43-62 % of the held-out images nnU-Net predicted empty held a
-lesion, and they were its most confidently ranked failures (benchmarks/README.md section 8). How
+lesion, ranked as confidently as its good segmentations (docs/method.md, "Per-case confidence"). How
 often that happened on the fold's validation cases is known: nnU-Net writes every fold's
 validation metrics to `fold_X/validation/summary.json` for any trainer (per case and label the
 Dice and `n_pred` / `n_ref`, the predicted and reference voxel counts), as it reads its
