@@ -12,6 +12,7 @@ from PIL import Image
 from nnunet_unisegdiff import cli
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.validation_record import (
+    ValidationRecord,
     case_outcomes,
     confidence_weights,
     model_record,
@@ -64,9 +65,18 @@ def test_the_record_counts_each_kind_of_prediction_from_nnunets_summary(model):
     record = model_record(model, folds=[0])
     assert (record.empty, record.empty_right, record.lesion) == (3, 2, 3)
     assert record.lesion_dice == pytest.approx(1 + 2 / 3)
-    assert record.empty_weight == pytest.approx((2 + 1) / (3 + 2))
-    assert record.lesion_weight == pytest.approx((1 + 2 / 3 + 1) / (3 + 2))
+    mu = (2 + 1 + 2 / 3) / 6
+    assert record.mean_dice == pytest.approx(mu)
+    assert record.empty_weight == pytest.approx((2 + 2 * mu) / (3 + 2))
+    assert record.lesion_weight == pytest.approx((1 + 2 / 3 + 2 * mu) / (3 + 2))
     assert model_record(model / "fold_0").weights == record.weights  # one fold's folder works too
+
+
+def test_a_kind_validation_never_produced_weighs_the_overall_mean():
+    record = ValidationRecord(empty=0, empty_right=0, lesion=4, lesion_dice=3.2, sources=())
+    assert record.empty_weight == pytest.approx(0.8) and record.lesion_weight == pytest.approx(0.8)
+    few_right = ValidationRecord(empty=2, empty_right=2, lesion=14, lesion_dice=13.3, sources=())
+    assert few_right.empty_weight > few_right.lesion_weight  # two right empties stay above the lesions
 
 
 def test_all_folds_are_pooled_by_default_and_folds_select(model):
