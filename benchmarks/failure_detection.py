@@ -139,14 +139,14 @@ def score_model(name: str, folders: list[Path], labels: Labels, record: Validati
                "pred_empty": bool((prediction == 0).all()),
                "mean_entropy": float(entropy_map(probs).mean()), "confidence": case_confidence(probs)}
         if record is not None:
-            row["confidence_validated"] = case_confidence(probs, **record.weights)
+            row["confidence_validated"] = case_confidence(probs, empty_weight=record.empty_weight)
         if len(folders) > 1:
             masks = [labels.prediction(f, case, p) for f, p in zip(folders, member_probs)]
             row["pairwise_dice"] = mean_pairwise_dice(masks)
         calibration.add(1.0 - probs[0], gt > 0)
         cases.append(row)
     return {"model": name, "members": [str(f) for f in folders], "compute": f"{len(folders)}x one model",
-            "validation_record": None if record is None else {**asdict(record), **record.weights},
+            "validation_record": None if record is None else {**asdict(record), "empty_weight": record.empty_weight},
             "cases": cases, "ece": calibration.ece(), "brier": calibration.brier(),
             "pixels": calibration.pixels}
 

@@ -23,8 +23,8 @@ from nnunet_unisegdiff.evaluation import report as tables  # noqa: E402
 from nnunet_unisegdiff.evaluation.confidence import case_confidence  # noqa: E402
 from nnunet_unisegdiff.evaluation.validation_record import (  # noqa: E402
     ValidationRecord,
-    confidence_weights,
     model_record,
+    record_empty_weight,
 )
 
 REVIEW_ROWS = 5  # cases per method in the README's review list
@@ -211,7 +211,7 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
 def method_confidence(pred_dir: Path, record: ValidationRecord | None = None) -> dict[str, float]:
     """case -> per-case confidence from the method's saved probabilities ({} when none were saved)."""
     return {p.name[:-len(".npz")]: case_confidence(uncertainty.load_probabilities(p),
-                                                   **confidence_weights(record))
+                                                   empty_weight=record_empty_weight(record))
             for p in sorted(Path(pred_dir).glob("*.npz"))}
 
 
@@ -249,9 +249,9 @@ def review_lines(review: Mapping[str, Sequence[Mapping]], records: Mapping[str, 
              ("`confidence` (0..1, higher = more likely a good segmentation) is what `unisegdiff uncertainty` "
               "writes to `uncertainty.csv`: the soft Dice between a method's probabilities and its own mask, "
               "and for an empty mask how far its most lesion-like pixel stays below 0.5 "
-              "(`docs/method.md`), times the mean Dice that the method's predictions of that kind (empty, or "
-              "with a lesion) reached on its validation cases (`unisegdiff uncertainty --model`). It is "
-              "computed from each method's saved probabilities alike."), "", *weighed, *([""] if weighed else []),
+              "(`docs/method.md`), lowered when the method's empty predictions were worse than its lesion "
+              "predictions on its validation cases (`unisegdiff uncertainty --model`). It is computed from "
+              "each method's saved probabilities alike."), "", *weighed, *([""] if weighed else []),
              "| method | rank | case | confidence | outcome |", "|---|---:|---|---:|---|"]
     for name, rows in review.items():
         lines += [f"| {name} | {r['rank']} | {r['case']} | {r['confidence']:.3f} | {r['outcome']} |" for r in rows]

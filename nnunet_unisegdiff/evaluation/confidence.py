@@ -34,12 +34,11 @@ m_c = (argmax_k p_k == c) that nnU-Net writes from them:
   pixel is at 0.3 both score 0.82). 0 everywhere gives 1; a pixel at 0.5 gives 2/3, the value of a
   lesion whose pixels all sit on the boundary. A single pixel decides this branch.
 
-**Weighed by the model's validation record** (`unisegdiff uncertainty --model`): each branch is
-multiplied by the mean Dice the model reached on its validation cases predicted the same way
-(`validation_record.py`): an empty prediction by the share of empty predictions that were right,
-a lesion by the lesion predictions' mean Dice. A lesion the network never responded to leaves no
-trace in the map, so without the record the empty branch ranks missed lesions as the surest cases;
-the record says how often that happens. Within a branch the ranking stays the map's.
+**Weighed by the model's validation record** (`unisegdiff uncertainty --model`): a lesion the
+network never responded to leaves no trace in the map, so the empty branch alone ranks missed
+lesions as the surest cases. When the model's empty predictions were worse than its lesion
+predictions on its own validation cases, the empty branch is multiplied by the ratio of their
+mean Dice (`validation_record.py`); it is never raised, and lesions are never reweighed.
 
 So both branches put a crisp map at 1 and a map on the decision boundary near 2/3, and cases with
 and without a predicted lesion are ranked on one scale; only a lesion with probability mass outside
@@ -82,15 +81,12 @@ def empty_prediction_confidence(probs: np.ndarray) -> float:
     return float(np.clip(2.0 * (1.0 - q_star) / (2.0 - q_star), 0.0, 1.0))
 
 
-def case_confidence(probs: np.ndarray, floor: float = FLOOR, empty_weight: float = 1.0,
-                    lesion_weight: float = 1.0) -> float:
+def case_confidence(probs: np.ndarray, floor: float = FLOOR, empty_weight: float = 1.0) -> float:
     """The per-case confidence in [0, 1] defined in the module docstring.
     probs: (C, *spatial) class probabilities summing to 1 over axis 0, background first;
-    empty_weight / lesion_weight: the branches' weights from the validation record (1 and 1: the
-    map alone decides)."""
-    for name, w in (("empty_weight", empty_weight), ("lesion_weight", lesion_weight)):
-        if not 0.0 <= w <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {w}")
+    empty_weight: the empty branch's weight from the validation record (1: the map alone decides)."""
+    if not 0.0 <= empty_weight <= 1.0:
+        raise ValueError(f"empty_weight must lie in [0, 1], got {empty_weight}")
     probs = np.asarray(probs)
     if probs.ndim < 2 or probs.shape[0] < 2:
         raise ValueError(f"need (C >= 2, *spatial) probabilities, got shape {probs.shape}")
@@ -98,4 +94,4 @@ def case_confidence(probs: np.ndarray, floor: float = FLOOR, empty_weight: float
     present = [c for c in range(1, probs.shape[0]) if (prediction == c).any()]
     if not present:
         return empty_weight * empty_prediction_confidence(probs)
-    return lesion_weight * float(np.mean([foreground_soft_dice(probs[c], prediction == c, floor) for c in present]))
+    return float(np.mean([foreground_soft_dice(probs[c], prediction == c, floor) for c in present]))

@@ -30,9 +30,9 @@ evaluators such as `nnUNetv2_evaluate_folder` treat every `.png` beside the labe
 `confidence` is a per-case score in [0, 1], higher = more likely a good segmentation
 (`nnunet_unisegdiff.evaluation.confidence`): the soft Dice between the foreground probabilities
 and their own mask when a lesion is predicted, and for an empty prediction how far its most
-lesion-like pixel stays below 0.5; with `--model`, times the mean Dice that predictions of the
-same kind (empty, or with a lesion) reached on the model's validation cases: a map cannot show a
-lesion the network never responded to, the validation record can. It reads only the
+lesion-like pixel stays below 0.5, lowered (with `--model`) when the model's empty predictions
+were worse than its lesion predictions on its validation cases: a map cannot show a lesion the
+network never responded to, the validation record can. It reads only the
 probabilities (and, with `--model`, the summary.json nnU-Net wrote after training), so
 nnUNetTrainer's softmax and UniSegDiff's fused draws are scored alike, and it is only as
 informative as they are: a posterior saturated to 0/1 gives every case a confidence near 1. The
@@ -50,7 +50,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
-from nnunet_unisegdiff.evaluation.validation_record import ValidationRecord, confidence_weights, model_record
+from nnunet_unisegdiff.evaluation.validation_record import ValidationRecord, model_record, record_empty_weight
 
 DEFAULT_SUBDIR = "uncertainty"
 DEFAULT_CMAP = "inferno"
@@ -179,7 +179,7 @@ def read_image(path: Path) -> np.ndarray:
 def case_statistics(case: str, u: np.ndarray, prediction: np.ndarray, probs: np.ndarray,
                     record: ValidationRecord | None = None) -> dict:
     """One row of uncertainty.csv (`review_rank` is added once all cases are known)."""
-    return {"case": case, "confidence": case_confidence(probs, **confidence_weights(record)),
+    return {"case": case, "confidence": case_confidence(probs, empty_weight=record_empty_weight(record)),
             "mean_entropy": float(u.mean()),
             "p95_entropy": float(np.percentile(u, 95)),
             "uncertain_fraction": float((u > UNCERTAIN_LEVEL).mean()),
@@ -303,9 +303,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "3D maps take their geometry from them when PRED_DIR has no label file")
     p.add_argument("--cmap", default=DEFAULT_CMAP, help=f"matplotlib colour map (default {DEFAULT_CMAP})")
     p.add_argument("-m", "--model", default=None, metavar="MODEL_FOLDER",
-                   help="the trained model (TRAINER__PLANS__CONFIGURATION folder, or one fold_X): empty and lesion "
-                        "predictions are weighed by the mean Dice each kind reached on its validation cases "
-                        "(fold_X/validation/summary.json); recommended")
+                   help="the trained model (TRAINER__PLANS__CONFIGURATION folder, or one fold_X): empty predictions "
+                        "are weighed down when they were worse than lesion predictions on its validation cases "
+                        "(fold_X/validation/summary.json)")
     p.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
                    help="with --model: the folds whose validation to read (default: every fold that has one; "
                         "the folds you predicted with)")
@@ -334,8 +334,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         record = None if args.model is None else model_record(args.model, args.folds)
         print(record.describe() if record else
-              "confidence from the probabilities alone; --model MODEL_FOLDER also weighs empty and lesion predictions "
-              "by how good each kind was on the model's validation cases")
+              "confidence from the probabilities alone; --model MODEL_FOLDER also weighs empty predictions by how "
+              "often they were right on the model's validation cases")
         rows = write_uncertainty(args.pred, args.output, args.images, args.cmap, record=record)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"unisegdiff uncertainty: error: {e}", file=sys.stderr)

@@ -70,24 +70,34 @@ def test_a_method_without_saved_probabilities_has_no_review_list(tmp_path, run):
 
 
 def test_a_method_with_a_validation_record_is_weighed_by_it(tmp_path, run):
-    """With the method's fold folder (its validation/summary.json, here nnU-Net's evaluation of the
-    same predictions), each case's confidence is its branch's weight times the map's own."""
+    """With the method's fold folder, whose validation (nnU-Net's evaluation, written here from the
+    references with one lesion missed) had a wrong empty prediction, empty predictions are weighed
+    down by the record and lesions keep the map's own confidence."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
     from nnunet_unisegdiff.evaluation.confidence import case_confidence
     from nnunet_unisegdiff.evaluation.uncertainty import load_probabilities
     from nnunet_unisegdiff.evaluation.validation_record import model_record
-    images, labels, pred, cases, _ = run
-    fold = tmp_path / "fold_0"
+    images, labels, pred, cases, doubtful = run
+    fold, val_pred = tmp_path / "fold_0", tmp_path / "val_pred"
+    val_pred.mkdir()
+    for c in cases:
+        gt = np.asarray(Image.open(labels / f"{c}.png"))
+        Image.fromarray(np.zeros_like(gt) if c == doubtful else gt).save(val_pred / f"{c}.png")
     (fold / "validation").mkdir(parents=True)
-    compute_metrics_on_folder(str(labels), str(pred), str(fold / "validation" / "summary.json"), NaturalImage2DIO(),
-                              ".png", [1], num_processes=1)
+    compute_metrics_on_folder(str(labels), str(val_pred), str(fold / "validation" / "summary.json"),
+                              NaturalImage2DIO(), ".png", [1], num_processes=1)
     record = model_record(fold)
-    assert record.lesion_weight < 1 and record.empty_weight < 1
+    assert record.empty_right == record.empty - 1 and record.empty_weight < 1
     summary = demo_report.write_report(tmp_path / "report", {"M": pred}, images, labels, grid_cases=3,
                                        training_dirs={"M": fold})
+    weighed = 0
     for c in cases:
-        expected = case_confidence(load_probabilities(pred / f"{c}.npz"), **record.weights)
+        probs = load_probabilities(pred / f"{c}.npz")
+        empty = not (probs.argmax(0) > 0).any()
+        weighed += empty
+        expected = case_confidence(probs) * (record.empty_weight if empty else 1.0)
         assert summary["confidence"]["M"][c] == pytest.approx(expected)
+    assert weighed >= 1
     assert f"- M: {record.describe()}" in (tmp_path / "report" / "README.md").read_text()

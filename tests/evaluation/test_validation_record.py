@@ -14,8 +14,8 @@ from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.validation_record import (
     ValidationRecord,
     case_outcomes,
-    confidence_weights,
     model_record,
+    record_empty_weight,
     summary_files,
 )
 
@@ -67,16 +67,20 @@ def test_the_record_counts_each_kind_of_prediction_from_nnunets_summary(model):
     assert record.lesion_dice == pytest.approx(1 + 2 / 3)
     mu = (2 + 1 + 2 / 3) / 6
     assert record.mean_dice == pytest.approx(mu)
-    assert record.empty_weight == pytest.approx((2 + 2 * mu) / (3 + 2))
-    assert record.lesion_weight == pytest.approx((1 + 2 / 3 + 2 * mu) / (3 + 2))
-    assert model_record(model / "fold_0").weights == record.weights  # one fold's folder works too
+    assert record.empty_mean == pytest.approx((2 + 2 * mu) / (3 + 2))
+    assert record.lesion_mean == pytest.approx((1 + 2 / 3 + 2 * mu) / (3 + 2))
+    assert record.empty_weight == pytest.approx(1.0)  # empties were right more often than lesions: not raised
+    assert model_record(model / "fold_0") == record  # one fold's folder works too
+    missed = model_record(model, folds=[1])  # fold 1: its one empty prediction missed a lesion
+    assert missed.empty_weight == pytest.approx(missed.empty_mean / missed.lesion_mean) and missed.empty_weight < 1
 
 
-def test_a_kind_validation_never_produced_weighs_the_overall_mean():
+def test_a_kind_validation_never_produced_weighs_the_overall_mean_and_changes_nothing():
     record = ValidationRecord(empty=0, empty_right=0, lesion=4, lesion_dice=3.2, sources=())
-    assert record.empty_weight == pytest.approx(0.8) and record.lesion_weight == pytest.approx(0.8)
-    few_right = ValidationRecord(empty=2, empty_right=2, lesion=14, lesion_dice=13.3, sources=())
-    assert few_right.empty_weight > few_right.lesion_weight  # two right empties stay above the lesions
+    assert record.empty_mean == pytest.approx(0.8) and record.lesion_mean == pytest.approx(0.8)
+    assert record.empty_weight == pytest.approx(1.0)
+    worse = ValidationRecord(empty=5, empty_right=2, lesion=27, lesion_dice=17.1, sources=())
+    assert worse.empty_weight == pytest.approx(worse.empty_mean / worse.lesion_mean) and worse.empty_weight < 0.8
 
 
 def test_all_folds_are_pooled_by_default_and_folds_select(model):
@@ -103,13 +107,13 @@ def binary(p_fg: np.ndarray) -> np.ndarray:
     return np.stack([1 - p_fg, p_fg])[:, None].astype(np.float32)
 
 
-def test_weights_scale_each_branch_of_the_confidence_and_nothing_else():
+def test_the_weight_scales_the_empty_branch_and_nothing_else():
     crisp_empty = binary(np.full((SIZE, SIZE), 0.01))
     soft_lesion = binary(np.where(LESION, 0.8, 0.02))
     raw_empty, raw_lesion = case_confidence(crisp_empty), case_confidence(soft_lesion)
-    assert case_confidence(crisp_empty, empty_weight=0.4, lesion_weight=0.9) == pytest.approx(0.4 * raw_empty)
-    assert case_confidence(soft_lesion, empty_weight=0.4, lesion_weight=0.9) == pytest.approx(0.9 * raw_lesion)
-    assert confidence_weights(None) == {}
+    assert case_confidence(crisp_empty, empty_weight=0.4) == pytest.approx(0.4 * raw_empty)
+    assert case_confidence(soft_lesion, empty_weight=0.4) == pytest.approx(raw_lesion)
+    assert record_empty_weight(None) == 1.0
     with pytest.raises(ValueError, match="empty_weight"):
         case_confidence(crisp_empty, empty_weight=1.5)
 
@@ -132,7 +136,7 @@ def test_uncertainty_with_model_ranks_a_crisp_empty_prediction_by_the_models_rec
     weighed = confidences("--model", str(model), "-f", "1")
     record = model_record(model, folds=[1])
     assert weighed["empty"][0] == pytest.approx(record.empty_weight * alone["empty"][0], abs=1e-5)
-    assert weighed["soft"][0] == pytest.approx(record.lesion_weight * alone["soft"][0], abs=1e-5)
+    assert weighed["soft"][0] == pytest.approx(alone["soft"][0], abs=1e-5)
     assert weighed["empty"][1] == 1 and weighed["soft"][1] == 2
     assert "0 of 1 empty predictions were lesion-free" in capsys.readouterr().out
 
