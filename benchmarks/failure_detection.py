@@ -5,7 +5,7 @@ trainer can be compared on the same held-out cases; nothing is trained or predic
 
     python benchmarks/failure_detection.py --gt LABELS_DIR \\
         --pred unisegdiff=PRED_U --pred nnunet=PRED_N --pred nnunet_tta=PRED_N_MIRRORED \\
-        --ensemble nnunet_5fold=FOLD0,FOLD1,FOLD2,FOLD3,FOLD4 \
+        --ensemble nnunet_5fold=FOLD0,FOLD1,FOLD2,FOLD3,FOLD4 \\
         --model nnunet=MODEL_FOLDER_N:0    # adds confidence_validated (the validation record's weight)
     python benchmarks/failure_detection.py --smoke   # synthetic folders in a temp dir, end to end
 

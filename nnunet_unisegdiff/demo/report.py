@@ -21,11 +21,7 @@ from PIL import Image  # noqa: E402
 from nnunet_unisegdiff.evaluation import evaluate, uncertainty  # noqa: E402
 from nnunet_unisegdiff.evaluation import report as tables  # noqa: E402
 from nnunet_unisegdiff.evaluation.confidence import case_confidence  # noqa: E402
-from nnunet_unisegdiff.evaluation.validation_record import (  # noqa: E402
-    ValidationRecord,
-    model_record,
-    record_empty_weight,
-)
+from nnunet_unisegdiff.evaluation.validation_record import ValidationRecord, model_record  # noqa: E402
 
 REVIEW_ROWS = 5  # cases per method in the README's review list
 
@@ -169,9 +165,10 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
     (report_dir / "metrics.md").write_text(table)
     empty_rule = results[methods[0]]["meta"]["empty_rule_text"]
 
-    records = {name: fold_record(folder) for name, folder in (training_dirs or {}).items()}
+    records = {name: rec for name, folder in (training_dirs or {}).items() if (rec := fold_record(folder))}
+    empty_weight = {name: rec.empty_weight for name, rec in records.items()}
     unc_rows = uncertainty.write_uncertainty(pred_dirs[uncertainty_of], images_dir=images_dir,
-                                             record=records.get(uncertainty_of))
+                                             empty_weight=empty_weight.get(uncertainty_of, 1.0))
     unc_maps = {p.name[:-len(".npz")]: uncertainty.entropy_map(uncertainty.load_probabilities(p))
                 for p in sorted(Path(pred_dirs[uncertainty_of]).glob("*.npz"))}
 
@@ -181,7 +178,7 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
     false_lesion = {r["case"] for rows in per_case.values() for r in rows if r["gt_empty"] and not r["pred_empty"]}
     cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases, false_lesion)
     grid = report_dir / "predictions.png"
-    confidence = {name: method_confidence(folder, records.get(name)) for name, folder in pred_dirs.items()}
+    confidence = {name: method_confidence(folder, empty_weight.get(name, 1.0)) for name, folder in pred_dirs.items()}
     plot_grid(grid, cases, Path(images_dir), Path(labels_dir), pred_dirs, per_case, unc_maps, tasks, uncertainty_of,
               confidence=confidence)
 
@@ -202,16 +199,16 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
                "uncertainty_of": uncertainty_of, "exported": exported,
                "most_uncertain": [r["case"] for r in sorted(unc_rows, key=lambda r: -r["mean_entropy"])[:3]],
                "confidence": confidence,
-               "validation_records": {name: rec.describe() for name, rec in records.items() if rec},
+               "validation_records": {name: rec.describe() for name, rec in records.items()},
                "review": {name: review_rows(confidence[name], per_case[name]) for name in methods if confidence[name]}}
     finish_report(report_dir, summary)
     return summary
 
 
-def method_confidence(pred_dir: Path, record: ValidationRecord | None = None) -> dict[str, float]:
+def method_confidence(pred_dir: Path, empty_weight: float = 1.0) -> dict[str, float]:
     """case -> per-case confidence from the method's saved probabilities ({} when none were saved)."""
     return {p.name[:-len(".npz")]: case_confidence(uncertainty.load_probabilities(p),
-                                                   empty_weight=record_empty_weight(record))
+                                                   empty_weight=empty_weight)
             for p in sorted(Path(pred_dir).glob("*.npz"))}
 
 
@@ -241,7 +238,7 @@ def review_rows(confidence: Mapping[str, float], per_case: Sequence[Mapping],
 
 
 def review_lines(review: Mapping[str, Sequence[Mapping]], records: Mapping[str, str] | None = None) -> list[str]:
-    """README section: each method's least confident cases (and its validation record's weights)."""
+    """README section: each method's least confident cases (and each method's validation record)."""
     if not review:
         return []
     weighed = [f"- {name}: {text}" for name, text in (records or {}).items()]

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
-from nnunet_unisegdiff.evaluation.validation_record import ValidationRecord, model_record, record_empty_weight
+from nnunet_unisegdiff.evaluation.validation_record import model_record
 
 DEFAULT_SUBDIR = "uncertainty"
 DEFAULT_CMAP = "inferno"
@@ -177,9 +177,9 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def case_statistics(case: str, u: np.ndarray, prediction: np.ndarray, probs: np.ndarray,
-                    record: ValidationRecord | None = None) -> dict:
+                    empty_weight: float = 1.0) -> dict:
     """One row of uncertainty.csv (`review_rank` is added once all cases are known)."""
-    return {"case": case, "confidence": case_confidence(probs, empty_weight=record_empty_weight(record)),
+    return {"case": case, "confidence": case_confidence(probs, empty_weight=empty_weight),
             "mean_entropy": float(u.mean()),
             "p95_entropy": float(np.percentile(u, 95)),
             "uncertain_fraction": float((u > UNCERTAIN_LEVEL).mean()),
@@ -217,7 +217,7 @@ def write_volume_map(values: np.ndarray, path: Path, geometry_file: Path) -> boo
 
 
 def write_case(npz_file: Path, out_dir: Path, images_dir: Path | None = None,
-               cmap: str = DEFAULT_CMAP, record: ValidationRecord | None = None) -> dict:
+               cmap: str = DEFAULT_CMAP, empty_weight: float = 1.0) -> dict:
     """Both PNGs of one case (and the NIfTI map of a 3D case); returns its statistics row (with
     the written file names)."""
     case = npz_file.name[:-len(".npz")]
@@ -235,7 +235,7 @@ def write_case(npz_file: Path, out_dir: Path, images_dir: Path | None = None,
     heat_file, overlay_file = out_dir / f"{case}_uncertainty.png", out_dir / f"{case}_overlay.png"
     _write_png(heat_file, heatmap_rgb(montage(u), cmap))
     _write_png(overlay_file, overlay_rgb(montage(u), montage(prediction), image, cmap))
-    row = {**case_statistics(case, u, prediction, probs, record), "uncertainty_png": heat_file.name,
+    row = {**case_statistics(case, u, prediction, probs, empty_weight), "uncertainty_png": heat_file.name,
            "overlay_png": overlay_file.name}
     if u.ndim == 3:
         row["uncertainty_volume"] = _write_case_volume(u, out_dir / f"{case}_uncertainty.nii.gz",
@@ -263,10 +263,10 @@ def rank_for_review(rows: Sequence[dict]) -> list[dict]:
 
 def write_uncertainty(pred_dir: str | Path, out_dir: str | Path | None = None,
                       images_dir: str | Path | None = None, cmap: str = DEFAULT_CMAP,
-                      cases: Sequence[str] | None = None, record: ValidationRecord | None = None) -> list[dict]:
+                      cases: Sequence[str] | None = None, empty_weight: float = 1.0) -> list[dict]:
     """Uncertainty PNGs for every `CASE.npz` of an nnU-Net prediction folder (or only `cases`);
-    writes `uncertainty.csv` and returns its rows. record: the model's validation record, which
-    weighs the confidence's branches (`validation_record.py`)."""
+    writes `uncertainty.csv` and returns its rows. empty_weight: the model's validation record's
+    weight of empty predictions (`validation_record.py`; 1: the probabilities alone)."""
     pred_dir = Path(pred_dir)
     out_dir = Path(out_dir) if out_dir is not None else pred_dir / DEFAULT_SUBDIR
     files = sorted(pred_dir.glob("*.npz"))
@@ -277,7 +277,7 @@ def write_uncertainty(pred_dir: str | Path, out_dir: str | Path | None = None,
         raise FileNotFoundError(f"no .npz probability files in {pred_dir}: run nnUNetv2_predict with "
                                 "--save_probabilities")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [write_case(f, out_dir, Path(images_dir) if images_dir else None, cmap, record)
+    rows = [write_case(f, out_dir, Path(images_dir) if images_dir else None, cmap, empty_weight)
             for f in files]
     rank_for_review(rows)
     fields = list(dict.fromkeys(k for row in rows for k in row))  # 2D and 3D rows may differ
@@ -336,7 +336,8 @@ def main(args: argparse.Namespace) -> int:
         print(record.describe() if record else
               "confidence from the probabilities alone; --model MODEL_FOLDER also weighs empty predictions by how "
               "often they were right on the model's validation cases")
-        rows = write_uncertainty(args.pred, args.output, args.images, args.cmap, record=record)
+        rows = write_uncertainty(args.pred, args.output, args.images, args.cmap,
+                                 empty_weight=record.empty_weight if record else 1.0)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"unisegdiff uncertainty: error: {e}", file=sys.stderr)
         return 2

@@ -131,11 +131,6 @@ def validation_record(files: Iterable[str | Path]) -> ValidationRecord:
                             lesion_dice=float(sum(lesion)), sources=tuple(str(f) for f in files))
 
 
-def record_empty_weight(record: ValidationRecord | None) -> float:
-    """`case_confidence`'s `empty_weight` for `record` (1 without one: the map alone decides)."""
-    return 1.0 if record is None else record.empty_weight
-
-
 def model_record(model_folder: str | Path, folds: Sequence[int | str] | None = None) -> ValidationRecord:
     """`validation_record` of a trained model's (or one fold's) validation summaries."""
     return validation_record(summary_files(model_folder, folds))

@@ -1,5 +1,5 @@
-"""The validation record: nnU-Net's validation summary.json read into the weights of the
-confidence's two branches, and `unisegdiff uncertainty --model` using them."""
+"""The validation record: nnU-Net's validation summary.json read into the weight of the
+confidence's empty branch, and `unisegdiff uncertainty --model` using it."""
 import csv
 import json
 
@@ -15,7 +15,6 @@ from nnunet_unisegdiff.evaluation.validation_record import (
     ValidationRecord,
     case_outcomes,
     model_record,
-    record_empty_weight,
     summary_files,
 )
 
@@ -113,7 +112,6 @@ def test_the_weight_scales_the_empty_branch_and_nothing_else():
     raw_empty, raw_lesion = case_confidence(crisp_empty), case_confidence(soft_lesion)
     assert case_confidence(crisp_empty, empty_weight=0.4) == pytest.approx(0.4 * raw_empty)
     assert case_confidence(soft_lesion, empty_weight=0.4) == pytest.approx(raw_lesion)
-    assert record_empty_weight(None) == 1.0
     with pytest.raises(ValueError, match="empty_weight"):
         case_confidence(crisp_empty, empty_weight=1.5)
 
