@@ -20,7 +20,9 @@ raw dataset with imagesTs/labelsTs of single-tile 2D images (what accuracy_real.
 * `tempered`: the soft-Dice confidence of those probabilities shrunk toward uniform by the 20 draws' per-pixel
   disagreement (argmax kept; diffusion/fusion.py `temper_by_draws`), what a model exports when it tempers
   (`temper_with_draws`: by default for the pipelines built on the draws), with that map's pixel ECE and Brier
-  next to the untempered map's. Results written before tempering shipped used the 10 x0 draws here.
+  next to the untempered map's. Results written before tempering shipped used the 10 x0 draws here;
+* `tempered_export`: the same, shrunk in full where the draws outvote the exported label (`temper_against_export`,
+  tried and not shipped), with its ECE and Brier. Results written before it have no such column.
 Failure AUROC at Dice < 0.5 and < 0.8 and AURC (risk 1 - Dice), as in failure_detection.py.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from _common import add_smoke_arg, apply_smoke, meta, print_table, write_json
 
-from nnunet_unisegdiff.diffusion.fusion import temper_by_draws
+from nnunet_unisegdiff.diffusion.fusion import TEMPER_CAP, fuse_masks, temper_by_draws
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.failure_metrics import CalibrationAccumulator, aurc, auroc, dice, mean_pairwise_dice
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
@@ -44,7 +46,22 @@ from nnunet_unisegdiff.model.settings import PIPELINES
 
 NAME = "draw_agreement"
 SCORES = ("confidence", "entropy", "tta_agreement", "draws_pairwise", "draws_pairwise_x0", "draws_pairwise_eps",
-          "draws_vs_prediction", "confidence_x_agreement", "tempered")
+          "draws_vs_prediction", "confidence_x_agreement", "tempered", "tempered_export")
+
+
+def temper_against_export(probs: torch.Tensor, masks: torch.Tensor, cap: float = TEMPER_CAP) -> torch.Tensor:
+    """probs (B, C, *spatial) shrunk toward uniform by `cap` times the share of the draws masks (B, N, *spatial)
+    against the exported label (probs' argmax) over 1 - 1/C, at most `cap`: as `temper_by_draws` where that
+    label has the draws' plurality and, for two classes, by `cap` wherever the draws outvote it.
+
+    A rule tried and not shipped (benchmarks/README.md, section 10): `temper_by_draws` leaves a pixel crisp
+    when every draw contradicts the exported label, the case of a CFENet lesion that no draw finds."""
+    c = probs.shape[1]
+    agree = fuse_masks(masks, c, "vote").gather(1, probs.argmax(1, keepdim=True))  # (B, 1, *spatial)
+    lam = cap * ((1 - agree) / (1 - 1 / c)).clamp(max=1)
+    return (1 - lam) * probs + lam / c
+
+
 @torch.no_grad()
 def mirrored_segmentations(net, x: torch.Tensor) -> list[np.ndarray]:
     """CFENet's label maps of x (1, C_in, *spatial) mirrored along every subset of the spatial axes, each
@@ -65,11 +82,12 @@ def case_row(net, x: torch.Tensor, gt: np.ndarray, calibration: dict) -> dict:
     probs_t = pipeline_probabilities(net, x, [chosen], condition)[chosen]  # (1, C, *spatial), untempered
     draws_t = net.sample(x, cond=condition[1]).masks  # (1, N, *spatial): x0 branch first, then eps
     probs, temp = probs_t[0].float().numpy(), temper_by_draws(probs_t, draws_t)[0].float().numpy()
+    temp_e = temper_against_export(probs_t, draws_t)[0].float().numpy()
     draws = draws_t[0].numpy()
     seg = probs.argmax(0)
     half = draws.shape[0] // 2
     agreement = float(np.mean([dice(d, seg) for d in draws]))
-    for name, p in (("untempered", probs), ("tempered", temp)):
+    for name, p in (("untempered", probs), ("tempered", temp), ("tempered_export", temp_e)):
         calibration[name].add(1 - p[0], gt > 0)
     conf = case_confidence(probs)
     return {"dice": dice(seg, gt), "confidence": conf, "entropy": 1.0 - float(entropy_map(probs).mean()),
@@ -77,7 +95,8 @@ def case_row(net, x: torch.Tensor, gt: np.ndarray, calibration: dict) -> dict:
             "draws_pairwise": mean_pairwise_dice(list(draws)),
             "draws_pairwise_x0": mean_pairwise_dice(list(draws[:half])),
             "draws_pairwise_eps": mean_pairwise_dice(list(draws[half:])), "draws_vs_prediction": agreement,
-            "confidence_x_agreement": conf * agreement, "tempered": case_confidence(temp)}
+            "confidence_x_agreement": conf * agreement, "tempered": case_confidence(temp),
+            "tempered_export": case_confidence(temp_e)}
 
 
 def summarize(rows: list[dict], calibration: dict) -> dict:
@@ -173,7 +192,7 @@ def main(argv=None) -> int:
     net = predictor.network
     if args.pipeline is not None:
         net.set_settings(replace(net.settings, pipeline=args.pipeline))
-    calibration = {"untempered": CalibrationAccumulator(), "tempered": CalibrationAccumulator()}
+    calibration = {k: CalibrationAccumulator() for k in ("untempered", "tempered", "tempered_export")}
     rows = [{"case": case, **case_row(net, x, gt, calibration)} for case, x, gt in cases]
     summary = summarize(rows, calibration)
     print(f"{summary['cases']} cases, pipeline {net.settings.pipeline}, mean Dice {summary['mean_dice']:.3f}, "

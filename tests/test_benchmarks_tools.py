@@ -1,8 +1,8 @@
 """Tools in benchmarks/: combine.py (runs made one split at a time combine into the mean of all; runs that
-do not average are refused by name), draw_agreement.py's mirrored copies and choice_rules.py (each
-rule's choice on a recorded validation table, scored by that pipeline's held-out row), shifted_copy.py
-(a corrupted copy of held-out images, labels unchanged), tiling.py (nnU-Net's tiles over a stitched image)
-and pooled_choice.py (its in-process fold ensemble averages what the network exports)."""
+do not average are refused by name), draw_agreement.py's mirrored copies and its tried tempering rule,
+choice_rules.py (each rule's choice on a recorded validation table, scored by that pipeline's held-out row),
+shifted_copy.py (a corrupted copy of held-out images, labels unchanged), tiling.py (nnU-Net's tiles over a
+stitched image) and pooled_choice.py (its in-process fold ensemble averages what the network exports)."""
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -153,6 +153,23 @@ def test_shifted_copy_keeps_labels_and_is_seeded(shifted_copy, tmp_path):
     with pytest.raises(FileNotFoundError, match="label of"):
         shifted_copy.write_shifted_copy(raw, tmp_path / "c")
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))  # nothing half-written
+
+
+def test_tempering_against_the_export_differs_only_where_the_draws_outvote_it(draw_agreement):
+    from nnunet_unisegdiff.diffusion.fusion import TEMPER_CAP, temper_by_draws
+
+    fg = torch.tensor([0.9, 0.9, 0.9, 0.2])  # exported: lesion, lesion, lesion, background
+    probs = torch.stack([1 - fg, fg])[None, :, None, :]  # (1, 2, 1, 4)
+    draws = torch.tensor([[1, 0, 1, 1]] * 4 + [[1, 0, 0, 1]] * 4)[None, :, None, :]  # (1, 8, 1, 4) votes 1, 0, 1/2, 1
+    old, new = temper_by_draws(probs, draws), draw_agreement.temper_against_export(probs, draws)
+    assert torch.allclose(old[..., [0, 2]], new[..., [0, 2]])  # the export has the draws' plurality: same rule
+    assert torch.allclose(old[..., 0], probs[..., 0])  # unanimous and with the export: untouched
+    assert torch.allclose(new[0, 1, 0, 2], torch.tensor(0.5 + 0.4 * (1 - TEMPER_CAP)))  # an even split: the cap
+    capped = probs * (1 - TEMPER_CAP) + TEMPER_CAP / 2
+    for pixel in (1, 3):  # every draw against the export: crisp before, shrunk by the cap now
+        assert torch.allclose(old[..., pixel], probs[..., pixel])
+        assert torch.allclose(new[..., pixel], capped[..., pixel])
+    assert torch.equal(new.argmax(1), probs.argmax(1))  # the segmentation is kept
 
 
 def test_test_time_mirroring_copies_are_flipped_back(draw_agreement):
