@@ -28,11 +28,12 @@ The ranking within a kind is unchanged; lesion predictions are never reweighed.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from nnunetv2.evaluation.evaluate_predictions import load_summary_json
 
 SUMMARY = Path("validation") / "summary.json"
 PSEUDO_CASES = 2  # each kind's mean is shrunk toward the overall mean by this many cases at it
@@ -81,9 +82,9 @@ def case_outcomes(summary_file: str | Path) -> list[tuple[bool, float]]:
     the mean Dice over the labels that are present in the prediction or the reference."""
     path = Path(summary_file)
     try:
-        per_case = json.loads(path.read_text())["metric_per_case"]
+        per_case = load_summary_json(str(path))["metric_per_case"]
         return [_outcome(list(case["metrics"].values())) for case in per_case]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # ValueError: also bad JSON
         raise ValueError(f"{path}: not an nnU-Net validation summary with per-case Dice, n_pred and n_ref "
                          f"({type(e).__name__}: {e})") from e
 

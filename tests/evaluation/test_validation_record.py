@@ -97,8 +97,11 @@ def test_missing_or_malformed_summaries_are_clear_errors(model, tmp_path):
         summary_files(tmp_path / "nothing_here")
     bad = tmp_path / "bad" / "fold_0" / "validation"
     bad.mkdir(parents=True)
-    (bad / "summary.json").write_text(json.dumps({"metric_per_case": [{"metrics": {"1": {"Dice": 0.5}}}]}))
-    with pytest.raises(ValueError, match=r"bad/fold_0/validation/summary.json.*n_pred"):
+    (bad / "summary.json").write_text(json.dumps({"mean": {}, "metric_per_case": [{"metrics": {"1": {"Dice": 0.5}}}]}))
+    with pytest.raises(ValueError, match=r"bad/fold_0/validation/summary.json.*KeyError: 'n_pred'"):
+        model_record(tmp_path / "bad")
+    (bad / "summary.json").write_text('{"mean": {}, "metric_per_')  # cut off mid-write
+    with pytest.raises(ValueError, match=r"bad/fold_0/validation/summary.json.*JSONDecodeError"):
         model_record(tmp_path / "bad")
 
 
