@@ -69,6 +69,7 @@ class ValidationRecord:
         return 1.0 if self.lesion_mean <= 0 else min(1.0, self.empty_mean / self.lesion_mean)
 
     def describe(self) -> str:
+        """One line for a person: the counts behind the weight, and the weight."""
         return (f"validation ({len(self.sources)} summary.json, {self.empty + self.lesion} cases): "
                 f"{self.empty_right} of {self.empty} empty predictions were lesion-free, "
                 f"{self.lesion} lesion predictions reached mean Dice "
