@@ -32,7 +32,7 @@ from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
 from nnunet_unisegdiff.model.settings import (ARCHITECTURE_FIELDS, SETTINGS_FORMAT, UniSegDiffSettings,
                                               settings_from_dict, settings_to_dict, tempers)
 
-__all__ = ["UniSegDiffNetwork", "UniSegDiffSettings", "build_unisegdiff_network"]
+__all__ = ["UniSegDiffNetwork", "UniSegDiffSettings", "build_cfenet", "build_unisegdiff_network"]
 log = logging.getLogger("nnunet_unisegdiff")
 EXTRA_STATE_KEY = "_extra_state"  # torch's key for get_extra_state(); holds the settings record
 
@@ -87,14 +87,16 @@ class UniSegDiffNetwork(nn.Module):
         """Whether `network(image)` exports probabilities tempered by the draws (eval mode, DNet trained)."""
         return not self.training and bool(self.dnet_trained) and tempers(self.settings)
 
-    def forward(self, image: Tensor, x_t: Tensor | None = None, t: Tensor | None = None):
+    def forward(self, image: Tensor, x_t: Tensor | None = None, t: Tensor | None = None,
+                cond: list[Tensor] | None = None):
         """Two calls:
         - `network(image)` -> logits (B, C, *spatial) of `active_pipeline` (what nnU-Net trains phase A on,
           validates and predicts with; "cfenet" gives nnU-Net's own output, deep supervision included);
         - `network(image, x_t, t)` -> (eps_hat, x0_logits) of DNet on noisy masks x_t (B, C, *spatial) told
-          t (B,): phase B's training step, which must pass through forward for DDP's gradient sync."""
+          t (B,): phase B's training step, which must pass through forward for DDP's gradient sync; `cond`:
+          condition features of `image` to use instead of this CFENet's (out-of-fold, augmented)."""
         if x_t is not None:
-            return self.denoiser(self.condition(image)[1])(x_t, t)
+            return self.denoiser(cond if cond is not None else self.condition(image)[1])(x_t, t)
         if self.active_pipeline == "cfenet" and not self.tempers:
             return self.cfenet(image)  # nnU-Net's own logits, bit for bit
         return probabilities_to_logits(self.predict_probabilities(image))
@@ -150,14 +152,21 @@ class UniSegDiffNetwork(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def build_cfenet(plans_manager: PlansManager, configuration_manager: ConfigurationManager, num_input_channels: int,
+                 num_output_channels: int, enable_deep_supervision: bool) -> nn.Module:
+    """nnU-Net's planned network, as nnUNetTrainer builds it: CFENet."""
+    return get_network_from_plans(
+        configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
+        allow_init=True, deep_supervision=enable_deep_supervision)
+
+
 def build_unisegdiff_network(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                              num_input_channels: int, num_output_channels: int,
                              enable_deep_supervision: bool, settings: UniSegDiffSettings) -> UniSegDiffNetwork:
     """CFENet exactly as nnU-Net builds it from the plan, DNet from the same plan."""
-    cfenet = get_network_from_plans(
-        configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
-        configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
-        allow_init=True, deep_supervision=enable_deep_supervision)
+    cfenet = build_cfenet(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                          enable_deep_supervision)
     dnet = DNet.from_plan(configuration_manager.network_arch_init_kwargs,
                           configuration_manager.network_arch_init_kwargs_req_import,
                           configuration_manager.patch_size, num_output_channels, width=settings.dnet_width,

@@ -13,10 +13,12 @@ import math
 import os
 from dataclasses import replace
 from os.path import isfile, join
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
@@ -28,9 +30,14 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, phase_b_loss
-from nnunet_unisegdiff.model.network import UniSegDiffNetwork, UniSegDiffSettings, build_unisegdiff_network
+from nnunet_unisegdiff.model.network import (UniSegDiffNetwork, UniSegDiffSettings, build_cfenet,
+                                             build_unisegdiff_network)
 from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.training.augmentation import feature_noise
 from nnunet_unisegdiff.training.log_messages import PHASE_B_START
+from nnunet_unisegdiff.training.out_of_fold import (OutOfFoldConditions, assign_condition_folds, cfenet_state_dict,
+                                                    find_other_folds, fit_stitches, fitting_images)
+from nnunet_unisegdiff.training.out_of_fold import write_record as write_out_of_fold_record
 from nnunet_unisegdiff.training.plots import plot_stage_losses
 from nnunet_unisegdiff.training.selection import (CONFIDENCE, MARGIN, choose_pipeline, format_table,
                                                   label_map_predictor, mirroring_axes, rule_text, score_pipelines,
@@ -71,6 +78,9 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     pipeline_candidates = PIPELINES    # what "auto" chooses from (model/pipelines.py); CFENet alone among them
     pipeline_margin = MARGIN           # Dice points a DNet pipeline must gain over CFENet on validation
     pipeline_confidence = CONFIDENCE   # ... with a paired bootstrap gain > 0 at this confidence (None: mean only)
+    out_of_fold_conditions = True      # phase B: condition each training case by another fold's CFENet, when found
+    condition_noise = 0.0              # phase B: Gaussian noise on the condition features, in channel sd units
+    stitch_cases = 32                  # images per other fold that its stitch into this fold's basis is fitted on
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -93,6 +103,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.composite: UniSegDiffNetwork | None = None
         self.plan_mirroring_axes: tuple[int, ...] | None = None  # nnU-Net's test-time mirroring for this plan
         self._alphas_cumprod = self.objective.diffusion.alphas_cumprod().to(self.device)
+        self.cfenet_source: str | None = None  # the checkpoint CFENet was reused from; None: trained in this run
+        self._out_of_fold: OutOfFoldConditions | None | bool = False  # False: not looked for yet
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -193,6 +205,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
             return
         checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=False)
         self.composite.cfenet.load_state_dict(checkpoint["network_weights"])
+        self.cfenet_source = str(checkpoint_file)
         self.print_to_log_file(f"Phase A skipped: CFENet weights reused from {checkpoint_file} "
                                f"({checkpoint.get('trainer_name')}, epoch {checkpoint.get('current_epoch')}). "
                                f"Set {CFENET_CHECKPOINT_ENV}=none to train CFENet here instead.")
@@ -223,7 +236,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         labels = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            loss, per_stage = phase_b_loss(lambda x_t, t: self.network(data, x_t, t), labels, self.objective,
+            cond = self._training_conditions(data, batch.get("keys"))  # None: the network's own CFENet pass
+            loss, per_stage = phase_b_loss(lambda x_t, t: self.network(data, x_t, t, cond), labels, self.objective,
                                            self.loss, self._alphas_cumprod, self.composite.num_classes)
         trainable = self.composite.dnet.parameters
         if self.grad_scaler is not None:
@@ -239,6 +253,57 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         out = {"loss": loss.detach().cpu().numpy()}
         out.update({key: per_stage.get(stage, np.nan) for stage, key in STAGE_LOG_KEYS.items()})
         return out
+
+    # ---- phase-B conditions -----------------------------------------------------------------------
+    def _training_conditions(self, data: torch.Tensor, keys) -> list[torch.Tensor] | None:
+        """Condition features CF_i of a training batch: out of fold where the other folds' CFENets are found
+        (training/out_of_fold.py), with `condition_noise`; None when they are this fold's CFENet's, unchanged."""
+        if self._out_of_fold is False:
+            self._out_of_fold = self._build_out_of_fold() if self.out_of_fold_conditions else None
+            if not self.out_of_fold_conditions:
+                self.print_to_log_file("Phase B conditions: this fold's own CFENet (out_of_fold_conditions off)")
+        if self._out_of_fold is None and not self.condition_noise:
+            return None
+        cond = self._out_of_fold(data, keys) if self._out_of_fold else self.composite.condition(data)[1]
+        return feature_noise(cond, self.condition_noise) if self.condition_noise else cond
+
+    def _build_out_of_fold(self) -> OutOfFoldConditions | None:
+        """The other folds' CFENets beside this fold's CFENet checkpoint, their stitches into this fold's basis,
+        and which of them conditions each training case; None (and a log line) where none is found."""
+        splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
+        if self.fold == "all" or not isfile(splits_file) or int(self.fold) >= len(load_json(splits_file)):
+            self.print_to_log_file("Phase B conditions: this fold's own CFENet (no cross-validation fold)")
+            return None
+        splits, fold = load_json(splits_file), int(self.fold)
+        source = self.cfenet_source or join(self.output_folder, "checkpoint_final.pth")
+        lookup = find_other_folds(Path(source), fold, len(splits), self.configuration_name)
+        train_keys = list(splits[fold]["train"])
+        fold_of = assign_condition_folds(train_keys, fold, splits, list(lookup.found))
+        used = sorted({j for j in fold_of.values() if j is not None})
+        self.print_to_log_file(f"Phase B conditions: {lookup.describe()}")
+        if not used:
+            self.print_to_log_file("Phase B conditions: this fold's own CFENet for every training case (in-sample)")
+            return None
+        others = {j: self._load_other_cfenet(lookup.found[j]) for j in used}
+        fit_keys = {j: _spread([k for k in train_keys if k in set(splits[j]["train"])], self.stitch_cases)
+                    for j in used}
+        stitches = fit_stitches(self.composite.condition, others, lambda j: fitting_images(
+            validation_cases(self.dataset_class, self.preprocessed_dataset_folder, fit_keys[j],
+                             self.folder_with_segs_from_previous_stage),
+            self.configuration_manager.patch_size, self.device))
+        if self.local_rank == 0:
+            record = write_out_of_fold_record(self.output_folder, lookup, fold_of, stitches,
+                                              {j: len(k) for j, k in fit_keys.items()})
+            self.print_to_log_file(f"Phase B conditions: training cases by conditioning fold "
+                                   f"{record['cases_by_condition_fold']}; stitch R^2 per stage {record['stitch_r2']}")
+        return OutOfFoldConditions(self.composite.condition, others, stitches, fold_of)
+
+    def _load_other_cfenet(self, checkpoint_file: Path) -> nn.Module:
+        net = build_cfenet(self.plans_manager, self.configuration_manager, self.num_input_channels,
+                           self.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+        checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=False)
+        net.load_state_dict(cfenet_state_dict(checkpoint))
+        return net.to(self.device).eval().requires_grad_(False)
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
@@ -346,7 +411,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "unisegdiff": {"phase": self.phase, "num_epochs_cfenet": self.num_epochs_cfenet,
                            "num_epochs_dnet": self.num_epochs_dnet, "plan_mirroring_axes": self.plan_mirroring_axes,
-                           "dnet_mirroring": self.inference_mirroring},
+                           "dnet_mirroring": self.inference_mirroring, "cfenet_source": self.cfenet_source},
         }
         partial = filename + ".partial"
         torch.save(checkpoint, partial)
@@ -367,6 +432,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
             raise RuntimeError(f"checkpoint was trained with {meta['num_epochs_cfenet']} CFENet epochs, "
                                f"{type(self).__name__} has {self.num_epochs_cfenet}: resume with the same trainer")
         self._enter_phase(meta["phase"])  # before loading the optimiser state of that phase
+        self.cfenet_source = meta.get("cfenet_source", self.cfenet_source)
         self.composite.load_state_dict(checkpoint["network_weights"])
         self.my_init_kwargs = checkpoint["init_args"]
         self.current_epoch = checkpoint["current_epoch"]
@@ -378,3 +444,9 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
+
+def _spread(keys: list[str], n: int) -> list[str]:
+    """At most n of the sorted keys, evenly spaced (deterministic: a resumed run fits the same stitches)."""
+    keys = sorted(keys)
+    return keys if len(keys) <= n else [keys[i] for i in np.linspace(0, len(keys) - 1, n).round().astype(int)]

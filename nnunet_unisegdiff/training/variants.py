@@ -17,6 +17,7 @@ __all__ = [  # the trainers only: nnU-Net's trainer folder re-exports these by `
     "nnUNetTrainerUniSegDiffMirroring", "nnUNetTrainerUniSegDiffUniformEps", "nnUNetTrainerUniSegDiffUniformX0",
     "nnUNetTrainerUniSegDiffOneStep", "nnUNetTrainerUniSegDiffNoDCA", "nnUNetTrainerUniSegDiffNoSTAPLE",
     "nnUNetTrainerUniSegDiffDemo", "nnUNetTrainerDemoBaseline", "nnUNetTrainerUniSegDiffPaper",
+    "nnUNetTrainerUniSegDiffInSample", "nnUNetTrainerUniSegDiffConditionNoise",
 ]
 
 _BASE = nnUNetTrainerUniSegDiff.unisegdiff
@@ -124,3 +125,15 @@ class nnUNetTrainerUniSegDiffPaper(nnUNetTrainerUniSegDiff):
     unisegdiff = replace(_BASE, sampler=PAPER_SAMPLER, fusion="staple", staple_pseudo_pixels=PAPER_PSEUDO_PIXELS,
                          temper_with_draws="off")
     inference_pipeline = "diffusion"
+
+
+# ---- phase-B conditions -------------------------------------------------------------------------
+class nnUNetTrainerUniSegDiffInSample(nnUNetTrainerUniSegDiff):
+    """DNet trained on this fold's own CFENet's features of its own training cases, as the paper trains it,
+    even where the other folds' CFENets are trained (training/out_of_fold.py)."""
+    out_of_fold_conditions = False
+
+
+class nnUNetTrainerUniSegDiffConditionNoise(nnUNetTrainerUniSegDiff):
+    """Condition augmentation: Gaussian noise of half a channel's sd on the condition features in phase B."""
+    condition_noise = 0.5
