@@ -7,8 +7,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 import matplotlib
 

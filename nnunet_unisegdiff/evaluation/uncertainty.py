@@ -44,8 +44,8 @@ import argparse
 import csv
 import sys
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
