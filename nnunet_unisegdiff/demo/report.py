@@ -7,8 +7,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 import matplotlib
 
@@ -158,40 +158,20 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
     sources = sources if sources is not None and Path(sources).is_file() else None
 
     results = evaluate_methods(pred_dirs, labels_dir, sources, evaluation_dir)
-    rows = [{"method": name, **row} for name in methods for row in results[name]["summary"]]
-    table = tables.table3_markdown([(name, results[name]["summary"]) for name in methods])
-    counts = "\n".join(f"{name}:\n\n" + tables.counts_markdown(results[name]["summary"]) for name in methods)
-    tables.write_csv(report_dir / "metrics.csv", rows)
-    (report_dir / "metrics.md").write_text(table)
-    empty_rule = results[methods[0]]["meta"]["empty_rule_text"]
-
+    per_case = {name: results[name]["per_case"] for name in methods}
     records = {name: rec for name, folder in (training_dirs or {}).items() if (rec := fold_record(folder))}
     empty_weight = {name: rec.empty_weight for name, rec in records.items()}
+    confidence = {name: method_confidence(folder, empty_weight.get(name, 1.0)) for name, folder in pred_dirs.items()}
     unc_rows = uncertainty.write_uncertainty(pred_dirs[uncertainty_of], images_dir=images_dir,
                                              empty_weight=empty_weight.get(uncertainty_of, 1.0))
-    unc_maps = {p.name[:-len(".npz")]: uncertainty.entropy_map(uncertainty.load_probabilities(p))
-                for p in sorted(Path(pred_dirs[uncertainty_of]).glob("*.npz"))}
+    grid, cases = draw_predictions(report_dir / "predictions.png", pred_dirs, Path(images_dir), Path(labels_dir),
+                                   per_case, uncertainty_of, confidence, grid_cases)
 
-    per_case = {name: results[name]["per_case"] for name in methods}
-    tasks = {row["case"]: row["task"] for row in per_case[methods[0]]}
-    non_empty = {row["case"]: not row["gt_empty"] for row in per_case[methods[0]]}
-    false_lesion = {r["case"] for rows in per_case.values() for r in rows if r["gt_empty"] and not r["pred_empty"]}
-    cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases, false_lesion)
-    grid = report_dir / "predictions.png"
-    confidence = {name: method_confidence(folder, empty_weight.get(name, 1.0)) for name, folder in pred_dirs.items()}
-    plot_grid(grid, cases, Path(images_dir), Path(labels_dir), pred_dirs, per_case, unc_maps, tasks, uncertainty_of,
-              confidence=confidence)
-
-    curves = copy_training_curves(training_dirs or {}, report_dir)
-    all_rows = {name: next((r for r in results[name]["summary"] if r["task"] == evaluate.ALL_TASK), {})
-                for name in methods}
-    dice_all = {name: (None if row.get("mDice") is None or np.isnan(row["mDice"]) else float(row["mDice"]))
-                for name, row in all_rows.items()}
-    summary = {"methods": methods, "table": table, "counts": counts, "empty_rule": empty_rule,
+    summary = {**write_metrics(report_dir, methods, results),
                "by_lesion": {name: lesion_summary(per_case[name]) for name in methods},
-               "dice_all": dice_all,
-               "iou_all": {name: row.get("mIoU") for name, row in all_rows.items()},
-               "grid": grid.name, "grid_cases": cases, "curves": curves, "report_dir": str(report_dir),
+               **all_case_scores(methods, results),
+               "grid": grid.name, "grid_cases": cases, "curves": copy_training_curves(training_dirs or {}, report_dir),
+               "report_dir": str(report_dir),
                "evaluation_dirs": {name: str(evaluation_dir / method_slug(name)) for name in methods},
                "prediction_dirs": {name: str(p) for name, p in pred_dirs.items()},
                "uncertainty_dir": os.path.relpath(Path(pred_dirs[uncertainty_of]) / uncertainty.DEFAULT_SUBDIR,
@@ -203,6 +183,45 @@ def write_report(report_dir: Path, pred_dirs: Mapping[str, Path], images_dir: Pa
                "review": {name: review_rows(confidence[name], per_case[name]) for name in methods if confidence[name]}}
     finish_report(report_dir, summary)
     return summary
+
+
+def write_metrics(report_dir: Path, methods: Sequence[str], results: Mapping[str, Mapping]) -> dict:
+    """metrics.csv and metrics.md (one Table-3 row per method) in `report_dir`; returns the summary's
+    `methods`, `table` (that Markdown), `counts` (each method's empty-mask counts) and `empty_rule`."""
+    rows = [{"method": name, **row} for name in methods for row in results[name]["summary"]]
+    table = tables.table3_markdown([(name, results[name]["summary"]) for name in methods])
+    counts = "\n".join(f"{name}:\n\n" + tables.counts_markdown(results[name]["summary"]) for name in methods)
+    tables.write_csv(report_dir / "metrics.csv", rows)
+    (report_dir / "metrics.md").write_text(table)
+    return {"methods": list(methods), "table": table, "counts": counts,
+            "empty_rule": results[methods[0]]["meta"]["empty_rule_text"]}
+
+
+def all_case_scores(methods: Sequence[str], results: Mapping[str, Mapping]) -> dict:
+    """The summary's `dice_all` (None where no case was scored) and `iou_all`: each method's row over all cases."""
+    all_rows = {name: next((r for r in results[name]["summary"] if r["task"] == evaluate.ALL_TASK), {})
+                for name in methods}
+    dice_all = {name: (None if row.get("mDice") is None or np.isnan(row["mDice"]) else float(row["mDice"]))
+                for name, row in all_rows.items()}
+    return {"dice_all": dice_all, "iou_all": {name: row.get("mIoU") for name, row in all_rows.items()}}
+
+
+def draw_predictions(grid: Path, pred_dirs: Mapping[str, Path], images_dir: Path, labels_dir: Path,
+                     per_case: Mapping[str, Sequence[Mapping]], uncertainty_of: str,
+                     confidence: Mapping[str, Mapping[str, float]], grid_cases: int) -> tuple[Path, list[str]]:
+    """predictions.png (`grid`): `grid_cases` cases picked by `pick_grid_cases` (every task, lesion-free
+    images, false lesions first), with the entropy of `uncertainty_of`'s saved probabilities.
+    Returns the figure's path and the cases drawn."""
+    first = per_case[next(iter(pred_dirs))]
+    tasks = {row["case"]: row["task"] for row in first}
+    non_empty = {row["case"]: not row["gt_empty"] for row in first}
+    false_lesion = {r["case"] for rows in per_case.values() for r in rows if r["gt_empty"] and not r["pred_empty"]}
+    cases = pick_grid_cases(list(tasks), tasks, non_empty, grid_cases, false_lesion)
+    unc_maps = {p.name[:-len(".npz")]: uncertainty.entropy_map(uncertainty.load_probabilities(p))
+                for p in sorted(Path(pred_dirs[uncertainty_of]).glob("*.npz"))}
+    plot_grid(grid, cases, images_dir, labels_dir, pred_dirs, per_case, unc_maps, tasks, uncertainty_of,
+              confidence=confidence)
+    return grid, cases
 
 
 def method_confidence(pred_dir: Path, empty_weight: float = 1.0) -> dict[str, float]:

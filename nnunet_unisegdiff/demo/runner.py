@@ -11,7 +11,8 @@ Steps (each a real nnU-Net command in a child process, with `nnUNet_extTrainer` 
    `nnUNetv2_predict --save_probabilities` on the held-out images;
 4. the same for `nnUNetTrainerUniSegDiffDemo`, which reuses the baseline's trained model as its CFENet
    (`nnUNet_unisegdiff_cfenet`) and trains only DNet: its rows read "what DNet adds to this nnU-Net";
-   both are predicted with the same test-time setting (no mirroring);
+   test-time mirroring follows each model (nnU-Net's for the baseline and for a UniSegDiff fold that
+   chose `cfenet`, none for a DNet pipeline);
 5. `unisegdiff uncertainty` on UniSegDiff's posteriors, `unisegdiff evaluate` of both methods and a
    report folder: metrics table, a figure grid (image / ground truth / UniSegDiff / baseline /
    uncertainty) and nnU-Net's training curves.

@@ -40,9 +40,9 @@ def temper_by_draws(probs: Tensor, masks: Tensor, cap: float = TEMPER_CAP) -> Te
 
     Why: a pipeline's probabilities are crisp (CFENet's softmax is polarised, STAPLE's posterior saturates),
     so the saved probabilities said nothing of the draws. Tempered, they show where and how much the
-    draws disagree, the per-case confidence read from them ranks failed segmentations better, and they
-    are better calibrated (benchmarks/README.md, section 10). Each pixel keeps its argmax, so the
-    segmentation is the pipeline's.
+    draws disagree, for the entropy map and the per-case confidence read from them (docs/method.md,
+    item 18, and benchmarks/README.md, section 10, for what that changes). Each pixel keeps its argmax,
+    so the segmentation is the pipeline's.
     """
     c = probs.shape[1]
     lam = cap * (1 - fuse_masks(masks, c, "vote").amax(1, keepdim=True)) / (1 - 1 / c)  # (B, 1, *spatial)

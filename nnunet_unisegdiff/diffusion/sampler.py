@@ -8,9 +8,9 @@ Staged plan for B images, with DNet calls batched (docs/method.md):
 
 Two defaults differ from the paper's reading (`nnUNetTrainerUniSegDiffPaper` restores it): each DR
 draw is the x0 decoder's output of the DR call, not the eps decoder's (`dr_head`), and PM's clean
-estimates are clamped to the mask range (`clamp_x0`). Measured in `benchmarks/accuracy.py`: the eps
-decoder's one-step draws from X299 carry scattered false pixels that STAPLE turns into a false lesion
-on lesion-free images; the x0 decoder's output of the same call does not.
+estimates are clamped to the mask range (`clamp_x0`): the eps decoder's one-step draws from X299 carry
+scattered false pixels that STAPLE turns into a false lesion on lesion-free images, the x0 decoder's
+output of the same call does not (docs/method.md, items 11 and 12).
 The sampler knows nothing of networks: it gets `denoise(x_t, t_told) -> (eps_hat, x0_logits)`, and runs
 the plan (diffusion/sampling_plans.py) its type names.
 """

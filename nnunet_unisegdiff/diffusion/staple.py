@@ -55,7 +55,7 @@ def _vote_patterns(masks_bn: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor
         codes = m.to(key_dtype).bitwise_left_shift_(shifts).sum(dim=1, dtype=key_dtype)  # (B, P), exact
         if b > 1:
             codes += (torch.arange(b, device=m.device, dtype=key_dtype) << n)[:, None]
-        # torch.unique(return_inverse=True) is this, ~25% slower on CPU.
+        # torch.unique(return_inverse=True) computes the same, more slowly on CPU.
         sorted_codes, perm = torch.sort(codes.view(-1))
         keys, inv_sorted, counts = torch.unique_consecutive(sorted_codes, return_inverse=True, return_counts=True)
         inverse = torch.empty_like(inv_sorted).scatter_(0, perm, inv_sorted)
@@ -73,8 +73,7 @@ def _vote_patterns(masks_bn: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor
 def _single_cpu_thread(device: torch.device):
     """Run single-threaded on CPU: the EM's tensors are tiny (U x (N+1)) and the rest is a few
     memory-bound passes, so parallel regions (~50 per call) only add synchronisation, and on a busy
-    machine each costs a scheduler time slice (measured on 2 shared cores: 0.2-1 s instead of 4 ms
-    per 20x256x256 call with 2 threads; on 20x64^3 two threads gave no gain even when quiet)."""
+    machine each costs a scheduler time slice (benchmarks/README.md, section 3)."""
     n_threads = torch.get_num_threads()
     if device.type != "cpu" or n_threads == 1:
         yield

@@ -2,12 +2,12 @@
 more likely good. It ranks cases for review (`unisegdiff uncertainty`) and is the score the
 failure-detection benchmark (`benchmarks/failure_detection.py`) measures.
 
-Why this score. The image's mean entropy (today's `mean_entropy` column) ranks failed
-segmentations no better than chance (AUROC 0.44-0.56 on real BUSI, issue 14): it is dominated by
-the size of the lesion's border and by the lesion-free background. How the pixel values are
-aggregated per case matters more than which pixel value is used (Kahl et al., ValUES, ICLR 2024);
-scores that look at the predicted lesion itself reach 0.80-0.83 on the same cases. The score here
-is one of those, and it reads nothing but the probabilities, so it scores any trainer's
+Why this score. The image's mean entropy (the `mean_entropy` column) is dominated by the size of
+the lesion's border and by the lesion-free background, so it ranks failed segmentations poorly. How
+the pixel values are aggregated per case matters more than which pixel value is used (Kahl et al.,
+ValUES, ICLR 2024): scores that look at the predicted lesion itself rank failures better (measured
+figures: docs/method.md, "Per-case confidence"). The score here is one of those, and it reads
+nothing but the probabilities, so it scores any trainer's
 `nnUNetv2_predict --save_probabilities` output (nnUNetTrainer's softmax, UniSegDiff's fused draws,
 an ensemble's mean) the same way.
 
@@ -20,7 +20,7 @@ m_c = (argmax_k p_k == c) that nnU-Net writes from them:
   averaged over the foreground classes present in the prediction. It is 1 when the probabilities
   are crisp (1 inside the mask, 0 outside) and falls when the lesion's pixels are barely above the
   decision boundary or probability mass lies outside it (a blurred border, a second near-lesion):
-  a self-consistency of the map with its own decision, the "soft Dice confidence" of the issue.
+  a self-consistency of the map with its own decision, a "soft Dice confidence".
   Probabilities below `FLOOR` (0.05) count as 0 in it: summed over a large image, a far field of
   near-zero values (1e-4 over the 10^7 voxels of a CT is 1000 voxels' worth) would otherwise
   outweigh a small lesion and rank cases by image size, not by doubt.

@@ -2,12 +2,14 @@
 `confidence` that ranks the cases for review (least confident first), from the class
 probabilities nnU-Net saves with `--save_probabilities`.
 
-For UniSegDiff those probabilities are the STAPLE posterior of the 20 staged samples (paper
-section 2.4): where the samples agree the posterior is 0 or 1, where they disagree it moves towards
-0.5. The map is the posterior's entropy, normalised by log(C) so it lies in [0, 1] for any number
-of classes C: 0 where one class has probability 1, 1 where all classes are equally likely (p = 0.5
-for a binary lesion). For a single-pass network (nnUNetTrainer) the same command shows the entropy
-of its softmax.
+For UniSegDiff those probabilities are the fold's chosen inference pipeline's: CFENet's softmax
+(nnU-Net's own) for `cfenet`, STAPLE's posterior over the 20 staged draws for `diffusion` (paper
+section 2.4), ...; with the default settings those of the pipelines that sample the draws are
+tempered toward uniform where the draws disagree (model/pipelines.py `exported_map` names what a
+fold exports). The map is the probabilities' entropy, normalised by log(C) so it lies in
+[0, 1] for any number of classes C: 0 where one class has probability 1, 1 where all classes are
+equally likely (p = 0.5 for a binary lesion). For a single-pass network (nnUNetTrainer) the same
+command shows the entropy of its softmax.
 
     nnUNetv2_predict -i IMAGES -o PRED -d D -c 2d -tr nnUNetTrainerUniSegDiff -f 0 --save_probabilities
     unisegdiff uncertainty PRED [--images IMAGES] [-o OUT] [-m MODEL_FOLDER [-f 0]]
@@ -44,8 +46,8 @@ import argparse
 import csv
 import sys
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 

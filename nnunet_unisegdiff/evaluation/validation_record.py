@@ -4,8 +4,8 @@ cross-validation: the weight of the empty branch of the per-case confidence.
 Why. The confidence (`confidence.py`) judges a map by itself: a lesion by how crisp it is, an
 empty map by how far its pixels stay from the decision boundary. A lesion the network never
 responded to leaves no trace in the map, so on its own the empty branch ranks missed lesions as
-the surest cases: on real BUSI, 43-62 % of the held-out images nnU-Net predicted empty held a
-lesion, ranked as confidently as its good segmentations (docs/method.md, "Per-case confidence"). How
+the surest cases, however often they held a lesion the network missed (docs/method.md, "Per-case
+confidence"; measured in benchmarks/README.md, section 8). How
 often that happened on the fold's validation cases is known: nnU-Net writes every fold's
 validation metrics to `fold_X/validation/summary.json` for any trainer (per case and label the
 Dice and `n_pred` / `n_ref`, the predicted and reference voxel counts), as it reads its
@@ -14,7 +14,7 @@ cross-validation to choose postprocessing.
 Per kind of prediction (empty, or with a lesion) the record holds the mean validation Dice of the
 cases predicted that way: an empty prediction scores 1 when the reference is empty too and 0 when
 it missed a lesion; a lesion prediction scores its Dice (0 on a lesion-free reference). One fold
-validates on few cases (32 of BUSI's 160, 4-5 of them predicted empty), so each kind's mean is
+validates on few cases, a handful of them predicted empty, so each kind's mean is
 shrunk toward the mean over all validation cases by two pseudo-cases at that mean,
 (sum + 2 mu) / (n + 2): a kind that validation never produced weighs mu, and a few right empty
 predictions of a model that is right almost everywhere do not fall to Laplace's 1/2.
@@ -23,7 +23,7 @@ The weight corrects one blind spot and only that: when empty predictions were wo
 predictions on validation, an empty prediction's confidence is multiplied by the ratio of the two
 means; otherwise it stays as the map says (weight 1). Validation never raises an empty prediction:
 a record of right empty predictions on validation says nothing of a shifted test set where lesions
-are missed more often (on a corrupted synthetic copy, raising them cost AURC 0.095 -> 0.136).
+are missed more often (benchmarks/README.md, section 8, measures what raising them would cost).
 The ranking within a kind is unchanged; lesion predictions are never reweighed.
 """
 from __future__ import annotations

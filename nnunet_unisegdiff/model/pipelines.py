@@ -13,13 +13,12 @@ configurations from validation, so a model is never worse there than the CFENet 
 - cfenet-gated: CFENet's softmax, except that each connected lesion component of CFENet's segmentation
   that diffusion+cfenet does not also call lesion anywhere takes diffusion+cfenet's probabilities
   (background throughout it, so the component is removed). CFENet delineates, the draws decide whether
-  a lesion is there: on real BUSI the draws removed false lesions on lesion-free images but delineated
-  lesions slightly worse than CFENet (benchmarks/README.md, section 9). Components are found per
-  sliding-window tile, before nnU-Net blends the tiles.
+  a lesion is there (why: docs/method.md, item 17). Components are found per sliding-window tile,
+  before nnU-Net blends the tiles.
 
 With `temper_with_draws` the network exports a pipeline's probabilities shrunk toward uniform where the
 network's 20 draws disagree: the segmentation stays the pipeline's, the saved probabilities carry the
-draws' disagreement (issue 14). By default ("free", settings format 3) only the pipelines that sample
+draws' disagreement (docs/method.md, item 18). By default ("free", settings format 3) only the pipelines that sample
 those draws anyway are tempered; "on" tempers `cfenet`, `rs` and `paper` too, at 12 more DNet calls per
 tile and mirror.
 """
