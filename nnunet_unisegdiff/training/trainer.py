@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -288,7 +289,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         fit_keys = {j: _spread([k for k in train_keys if k in set(splits[j]["train"])], self.stitch_cases)
                     for j in used}
         stitches = fit_stitches(self.composite.condition, others, lambda j: fitting_images(
-            validation_cases(self.dataset_class, self.preprocessed_dataset_folder, fit_keys[j],
+            validation_cases(self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder),
+                             self.preprocessed_dataset_folder, fit_keys[j],
                              self.folder_with_segs_from_previous_stage),
             self.configuration_manager.patch_size, self.device))
         if self.local_rank == 0:

@@ -1,6 +1,7 @@
 """Out-of-fold conditions of phase B: the other folds' checkpoints are found (and refused when they trained
 on another fold), no training case is conditioned by a CFENet that trained on it, the trainer's batch
 conditions are the stitched out-of-fold features case by case, and condition noise has the asked size."""
+import copy
 import json
 from pathlib import Path
 
@@ -25,6 +26,15 @@ def save_fold(model: Path, fold: int, weights: dict, trained_fold=None, configur
     torch.save({"network_weights": weights, "init_args": {"fold": fold if trained_fold is None else trained_fold,
                                                           "configuration": configuration}}, path)
     return path
+
+
+def perturbed(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `net` with noise on every parameter: another fold's network of the same architecture."""
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return other
 
 
 def test_lookup_finds_the_other_folds_and_says_why_one_is_not_used(tmp_path):
@@ -95,9 +105,7 @@ def fold_model(request, monkeypatch, tmp_path):
     model = tmp_path / "nnUNetTrainer__nnUNetPlans__2d"
     torch.manual_seed(1)
     for j in (0, 1, 2, 4):
-        weights = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
-                   for k, v in t.composite.cfenet.state_dict().items()}
-        save_fold(model, j, weights)
+        save_fold(model, j, perturbed(t.composite.cfenet).state_dict())
     t.cfenet_source = str(model / "fold_0" / "checkpoint_final.pth")
     patch = tuple(t.configuration_manager.patch_size)
     images = {k: np.random.default_rng(i).standard_normal((3, *patch)).astype(np.float32) for i, k in enumerate(KEYS)}
@@ -176,3 +184,41 @@ def test_the_cfenet_source_survives_a_checkpoint(fold_model, tmp_path):
     source, t.cfenet_source = t.cfenet_source, None
     t.load_checkpoint(str(path))
     assert t.cfenet_source == source
+
+
+def test_unisegdiffs_own_folds_serve_when_cfenet_was_trained_in_this_run(fold_model):
+    """No reused checkpoint: the other folds are looked for in this trainer's own model folder, and their
+    UniSegDiff checkpoints give their CFENets (the composite's `cfenet.` weights)."""
+    t, splits, _, _ = fold_model
+    own_model = Path(t.output_folder_base)
+    for j in (1, 2, 3, 4):
+        weights = perturbed(t.composite).state_dict()
+        save_fold(own_model, j, {k: v for k, v in weights.items() if k != "_extra_state"})
+    t.cfenet_source, t._out_of_fold = None, False
+    keys = [str(k) for k in splits[0]["train"][:3]]
+    x = torch.randn(3, 3, *t.configuration_manager.patch_size)
+    t._training_conditions(x, keys)
+    assert sorted(t._out_of_fold.taps) == sorted({t._out_of_fold.fold_of[k] for k in splits[0]["train"]})
+    record = json.loads(Path(t.output_folder, RECORD).read_text())
+    assert record["found"] == [1, 2, 3, 4] and record["model_folder"] == str(own_model)
+    other = t._load_other_cfenet(own_model / "fold_1" / "checkpoint_final.pth")
+    expected = {k[len("cfenet."):]: v for k, v in torch.load(own_model / "fold_1" / "checkpoint_final.pth",
+                                                              weights_only=False)["network_weights"].items()
+                if k.startswith("cfenet.")}
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_a_checkpoint_from_before_out_of_fold_conditions_resumes_and_predicts_as_before(fold_model, tmp_path):
+    t, *_ = fold_model
+    path = tmp_path / "old.pth"
+    t.save_checkpoint(str(path))
+    old = torch.load(path, weights_only=False)
+    del old["unisegdiff"]["cfenet_source"]  # what checkpoints of earlier versions hold
+    torch.save(old, path)
+    t.composite.eval()
+    x = torch.randn(1, 3, *t.configuration_manager.patch_size)
+    before = t.composite(x)
+    t.cfenet_source = None
+    t.load_checkpoint(str(path))
+    t.composite.eval()
+    assert t.cfenet_source is None and torch.equal(t.composite(x), before)
