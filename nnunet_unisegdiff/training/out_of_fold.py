@@ -91,8 +91,11 @@ def cfenet_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
 
 def fitting_images(cases: Iterator[tuple[str, np.ndarray, np.ndarray]], patch_size: Sequence[int],
                    device: torch.device) -> Iterator[Tensor]:
-    """Each case's preprocessed image (C, *spatial), centre-cropped or zero-padded to the patch: (1, C, *patch)."""
+    """Each case's preprocessed image, centre-cropped or zero-padded to the patch: (1, C, *patch). nnU-Net stores
+    a 2D configuration's case as (C, slices, H, W); its middle slice is taken, as the 2D data loader takes one."""
     for _, data, _ in cases:
+        if data.ndim == len(patch_size) + 2:
+            data = data[:, data.shape[1] // 2]
         image = torch.from_numpy(np.ascontiguousarray(data)).float()
         for axis, size in enumerate(patch_size, start=1):
             excess = image.shape[axis] - size

@@ -108,7 +108,9 @@ def fold_model(request, monkeypatch, tmp_path):
         save_fold(model, j, perturbed(t.composite.cfenet).state_dict())
     t.cfenet_source = str(model / "fold_0" / "checkpoint_final.pth")
     patch = tuple(t.configuration_manager.patch_size)
-    images = {k: np.random.default_rng(i).standard_normal((3, *patch)).astype(np.float32) for i, k in enumerate(KEYS)}
+    # as nnU-Net stores a 2D case: (C, 1 slice, H, W), the image a little larger than the patch
+    images = {k: np.random.default_rng(i).standard_normal((3, 1, patch[0] + 4, patch[1])).astype(np.float32)
+              for i, k in enumerate(KEYS)}
     read = []
 
     def cases(dataset_class, folder, keys, prev=None):
