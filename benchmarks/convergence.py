@@ -41,6 +41,7 @@ from _common import (
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
+from nnunet_unisegdiff.dice import dice
 from nnunet_unisegdiff.diffusion.ablations import OBJECTIVES
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan, SamplingPlan, StagedPlan
@@ -71,11 +72,8 @@ def batches(images, labels, batch_size: int, seed: int):
 
 def dice_per_case(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Foreground Dice of (n, *spatial) hard predictions; both empty -> 1."""
-    out = []
-    for p, lab in zip(pred.bool(), labels[:, 0].bool()):
-        tp, s = (p & lab).sum().item(), p.sum().item() + lab.sum().item()
-        out.append(1.0 if s == 0 else 2 * tp / s)
-    return out
+    return [dice(p.numpy(), lab.numpy(), labels=(1,), both_empty=1.0)
+            for p, lab in zip(pred.bool(), labels[:, 0].bool())]
 
 
 def sampler_for(mode: str, args) -> SamplingPlan:

@@ -13,13 +13,16 @@ benchmark of Zenk et al. (MedIA 2025) and Jaeger et al. (ICLR 2023).
   pixel-weighted mean |mean probability - foreground fraction| over bins) and the Brier score
   (mean squared difference between foreground probability and the true foreground), pooled over
   every pixel of every case without holding them all in memory.
-* `dice`: per-case Dice with the failure benchmark's empty rule: both empty = 1, only one empty = 0.
+* `dice`: per-case Dice (`nnunet_unisegdiff.dice`) with the failure benchmark's empty rule: both
+  empty = 1, only one empty = 0.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+
+from nnunet_unisegdiff.dice import dice as package_dice
 
 ECE_BINS = 15
 
@@ -77,17 +80,7 @@ def aurc(confidence: Sequence[float], risk: Sequence[float]) -> float:
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Dice of the foreground labels (> 0), mean over the labels present in either mask; a case
     with no foreground in either is 1, foreground in only one of them is 0."""
-    p, g = np.asarray(prediction), np.asarray(reference)
-    if p.shape != g.shape:
-        raise ValueError(f"prediction {p.shape} and reference {g.shape} differ")
-    labels = sorted((set(np.unique(p).tolist()) | set(np.unique(g).tolist())) - {0})
-    if not labels:
-        return 1.0
-    scores = []
-    for v in labels:
-        pv, gv = p == v, g == v
-        scores.append(2.0 * float((pv & gv).sum()) / float(pv.sum() + gv.sum()))
-    return float(np.mean(scores))
+    return package_dice(prediction, reference, labels=None, both_empty=1.0)
 
 
 def mean_pairwise_dice(masks: Sequence[np.ndarray]) -> float:
