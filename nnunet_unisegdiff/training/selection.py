@@ -28,6 +28,7 @@ PIPELINE_RECORD = "inference_pipeline.json"  # in the fold folder
 MARGIN = 0.5         # Dice points a DNet pipeline must gain over CFENet on validation
 CONFIDENCE = 0.95    # one-sided, family-wise over the candidates: the gain's paired bootstrap lower bound > 0
 BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_CHUNK = 1 << 20  # resampled case indices held at once
 
 
 def mirroring_axes(pipeline: str, plan_axes: Sequence[int] | None, dnet_mirroring: bool) -> tuple[int, ...] | None:
@@ -109,7 +110,10 @@ def paired_gain_lower_bound(gain: np.ndarray, confidence: float, resamples: int 
     if gain.size == 0:
         return float("nan")
     rng = np.random.default_rng(seed)
-    means = np.array([gain[rng.integers(0, gain.size, gain.size)].mean() for _ in range(resamples)])
+    rows = max(1, BOOTSTRAP_CHUNK // gain.size)  # resamples drawn per block, memory bounded for any case count
+    # one block of (rows, n) draws takes the generator's stream as `rows` draws of n: the means are the same
+    means = np.concatenate([gain[rng.integers(0, gain.size, (min(rows, resamples - start), gain.size))].mean(axis=1)
+                            for start in range(0, resamples, rows)])
     return float(np.quantile(means, 1.0 - confidence))
 
 
