@@ -1,5 +1,6 @@
-"""Every script in benchmarks/ still runs: each with --smoke (tiny sizes) in a subprocess, writing its
-JSON where the test says. Found by listing the folder, so a new benchmark is covered automatically."""
+"""Every script in benchmarks/ and benchmarks/experiments/ still runs: each with --smoke (tiny sizes) in a
+subprocess, writing its JSON where the test says. Found by listing the folders, so a new benchmark is covered
+automatically."""
 import json
 import os
 import subprocess
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+SCRIPTS = sorted(p for folder in ("benchmarks", "benchmarks/experiments") for p in (ROOT / folder).glob("*.py")
+                 if not p.name.startswith("_"))
 
 
 @pytest.mark.slow
