@@ -41,6 +41,7 @@ from _common import (
 
 from nnunet_unisegdiff.conversion.synthetic import TEST_STREAM, generate_cases
 from nnunet_unisegdiff.defaults import DEFAULT_SEED
+from nnunet_unisegdiff.dice import dice
 from nnunet_unisegdiff.diffusion.ablations import OBJECTIVES
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan, SamplingPlan, StagedPlan
@@ -71,11 +72,8 @@ def batches(images, labels, batch_size: int, seed: int):
 
 def dice_per_case(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Foreground Dice of (n, *spatial) hard predictions; both empty -> 1."""
-    out = []
-    for p, lab in zip(pred.bool(), labels[:, 0].bool()):
-        tp, s = (p & lab).sum().item(), p.sum().item() + lab.sum().item()
-        out.append(1.0 if s == 0 else 2 * tp / s)
-    return out
+    return [dice(p.numpy(), lab.numpy(), labels=(1,), both_empty=1.0)
+            for p, lab in zip(pred.bool(), labels[:, 0].bool())]
 
 
 def sampler_for(mode: str, args) -> SamplingPlan:
@@ -158,7 +156,8 @@ def train_dnet(net, init_state, mode: str, images, labels, test, args, device) -
     return {"curve": curve, "train_s": t_train, "eval_s": t_eval}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, with --smoke and --long applied and the staged objective always run."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, repeats=None)
     ap.add_argument("--long", action="store_true", help="8x the steps, 4x the cases, 2x the CFENet steps")
@@ -192,6 +191,26 @@ def main() -> None:
         args.train_cases, args.test_cases = 4 * args.train_cases, 4 * args.test_cases
     if "staged" not in args.modes:
         args.modes = ["staged"] + args.modes
+    return args
+
+
+def result_rows(runs: dict[str, dict], ref: float, cfenet_s: float, args) -> list[dict]:
+    """CFENet's reference row, then per objective its final and best Dice and when it reached staged's final."""
+    target = runs["staged"]["curve"][-1][1]
+    rows = [{"objective": "CFENet alone (reference)", "sampling": "argmax of CFENet", "final_dice": ref,
+             "steps_to_staged_final": None, "train_s": cfenet_s, "eval_s": None}]
+    for mode, run in runs.items():
+        reached = next((s for s, d in run["curve"] if d >= target), None)
+        rows.append({"objective": mode, "sampling": _sampling_label(sampler_for(mode, args)),
+                     "final_dice": run["curve"][-1][1], "best_dice": max(d for _, d in run["curve"]),
+                     "steps_to_staged_final": reached,
+                     "reached": f"{reached}" if reached is not None else f"> {args.steps}",
+                     "train_s": run["train_s"], "eval_s": run["eval_s"], "curve": run["curve"]})
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
     device = setup(args)
     t_start = time.perf_counter()
 
@@ -208,15 +227,7 @@ def main() -> None:
 
     runs = {mode: train_dnet(net, init_state, mode, images, labels, test, args, device) for mode in args.modes}
     target = runs["staged"]["curve"][-1][1]
-    rows = [{"objective": "CFENet alone (reference)", "sampling": "argmax of CFENet", "final_dice": ref,
-             "steps_to_staged_final": None, "train_s": cfenet_s, "eval_s": None}]
-    for mode, run in runs.items():
-        reached = next((s for s, d in run["curve"] if d >= target), None)
-        rows.append({"objective": mode, "sampling": _sampling_label(sampler_for(mode, args)),
-                     "final_dice": run["curve"][-1][1], "best_dice": max(d for _, d in run["curve"]),
-                     "steps_to_staged_final": reached,
-                     "reached": f"{reached}" if reached is not None else f"> {args.steps}",
-                     "train_s": run["train_s"], "eval_s": run["eval_s"], "curve": run["curve"]})
+    rows = result_rows(runs, ref, cfenet_s, args)
     print()
     print_table(rows, [("objective", "objective", ""), ("sampling", "sampling", ""), ("final_dice", "Dice", ".4f"),
                        ("best_dice", "best", ".4f"), ("reached", "steps to staged's final", ""),

@@ -109,7 +109,7 @@ def run_plan(net, image, cfg: SamplingPlan, measure_steps: int | None, sync) -> 
             "fusion_seconds": fusion}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, repeats=2)
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=sorted(CONFIGS))
@@ -123,44 +123,55 @@ def main() -> None:
     args = ap.parse_args()
     apply_smoke(args, "inference_cost", configs=["2d-32-w0.25"], plans=["staged", "ddim4x1", "ddpm8x2"], repeats=1,
                 measure_steps=2)
+    return args
+
+
+def config_rows(cname: str, plans: dict, args, device, sync) -> list[dict]:
+    """One row per plan for one network config: each plan's median time per image over the repeats, round-robin."""
+    patch, width = CONFIGS[cname]
+    net = build_net(patch, width, device=device)
+    torch.manual_seed(1)
+    image = torch.randn(1, 3, *patch, device=device)
+    # warm-up: CFENet and one small DNet call (allocator, kernels), not the whole plans
+    with torch.no_grad():
+        _, cond = net.condition(image)
+        net.dnet(torch.randn(1, 2, *patch, device=device), torch.zeros(1, dtype=torch.long, device=device), cond)
+    sync()
+    per_plan: dict[str, list[dict]] = {p: [] for p in plans}
+    for _ in range(args.repeats):  # round-robin over the plans: load changes hit all of them
+        for p, cfg in plans.items():
+            if args.full or isinstance(cfg, StagedPlan):
+                k = None
+            else:
+                k = args.measure_steps if cfg.samples == 1 else args.measure_steps_ensemble
+            per_plan[p].append(run_plan(net, image, cfg, k, sync))
+    base = median([r["seconds"] for r in per_plan["staged"]]) if "staged" in per_plan else float("nan")
+    rows = []
+    for p, cfg in plans.items():
+        calls, evals, masks = calls_and_evaluations(cfg)
+        runs = per_plan[p]
+        sec = median([r["seconds"] for r in runs])
+        rows.append({"config": cname, "patch": "x".join(map(str, patch)), "dnet_width": width, "plan": p,
+                     "dnet_calls": calls, "sample_evaluations": evals, "masks": masks,
+                     "seconds_per_image": sec, "ratio_to_staged": sec / base,
+                     "extrapolated": runs[0]["extrapolated"], "measured_calls": runs[0]["measured_calls"],
+                     "step_seconds": median([r["step_seconds"] for r in runs]) if runs[0]["extrapolated"] else None,
+                     "all_seconds": [r["seconds"] for r in runs]})
+        r = rows[-1]
+        how = f"extrapolated from {r['measured_calls']} calls" if r["extrapolated"] else "measured"
+        print(f"  {cname} {p}: {sec:.2f} s/image ({how})", flush=True)
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
     device = setup(args)
     sync = syncer(device)
     plans = {p: plan_config(p) for p in args.plans}
 
     rows = []
     for cname in args.configs:
-        patch, width = CONFIGS[cname]
-        net = build_net(patch, width, device=device)
-        torch.manual_seed(1)
-        image = torch.randn(1, 3, *patch, device=device)
-        # warm-up: CFENet and one small DNet call (allocator, kernels), not the whole plans
-        with torch.no_grad():
-            _, cond = net.condition(image)
-            net.dnet(torch.randn(1, 2, *patch, device=device), torch.zeros(1, dtype=torch.long, device=device), cond)
-        sync()
-        per_plan: dict[str, list[dict]] = {p: [] for p in plans}
-        for _ in range(args.repeats):  # round-robin over the plans: load changes hit all of them
-            for p, cfg in plans.items():
-                if args.full or isinstance(cfg, StagedPlan):
-                    k = None
-                else:
-                    k = args.measure_steps if cfg.samples == 1 else args.measure_steps_ensemble
-                per_plan[p].append(run_plan(net, image, cfg, k, sync))
-        base = median([r["seconds"] for r in per_plan["staged"]]) if "staged" in per_plan else float("nan")
-        for p, cfg in plans.items():
-            calls, evals, masks = calls_and_evaluations(cfg)
-            runs = per_plan[p]
-            sec = median([r["seconds"] for r in runs])
-            rows.append({"config": cname, "patch": "x".join(map(str, patch)), "dnet_width": width, "plan": p,
-                         "dnet_calls": calls, "sample_evaluations": evals, "masks": masks,
-                         "seconds_per_image": sec, "ratio_to_staged": sec / base,
-                         "extrapolated": runs[0]["extrapolated"], "measured_calls": runs[0]["measured_calls"],
-                         "step_seconds": median([r["step_seconds"] for r in runs]) if runs[0]["extrapolated"] else None,
-                         "all_seconds": [r["seconds"] for r in runs]})
-            r = rows[-1]
-            how = f"extrapolated from {r['measured_calls']} calls" if r["extrapolated"] else "measured"
-            print(f"  {cname} {p}: {sec:.2f} s/image ({how})", flush=True)
-        del net
+        rows += config_rows(cname, plans, args, device, sync)  # the config's network is freed on return
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -36,7 +36,7 @@ from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, repeats=2)
     ap.add_argument("--width", type=float, default=0.25, help="DNet width (1.0 = paper-sized)")
@@ -51,68 +51,87 @@ def main() -> None:
     args = ap.parse_args()
     apply_smoke(args, "scaling", masks=[2, 4], size_for_masks=32, sizes=[32], raters=[2, 4], staple_2d=[16],
                 staple_3d=[8], staple_repeats=1, repeats=1)
-    device = setup(args)
-    sync = syncer(device)
-    results: dict[str, list[dict]] = {"inference_vs_masks": [], "inference_vs_size": [], "staple_vs_raters": [],
-                                      "staple_vs_pixels": []}
+    return args
 
-    if not args.skip_inference:
-        # 1a. masks
-        size = args.size_for_masks
-        net = build_net((size, size), args.width, device=device)
-        image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
 
-        def run_with(draws):
-            def fn():
-                net.sampler = StagedSampler(StagedPlan(draws_per_branch=draws))
-                return net.predict_probabilities(image)
-            return fn
-        fns = {m: run_with(m // 2) for m in args.masks}
-        times = interleaved(fns, args.repeats, sync)
-        for m in args.masks:
-            s = median(times[m])
-            results["inference_vs_masks"].append({"masks": m, "size": size, "dnet_width": args.width,
-                                                  "dnet_evaluations": 1 + 20 + m, "seconds": s,
-                                                  "seconds_per_mask": s / m, "all_seconds": times[m]})
-            print(f"  {m} masks at {size}^2: {s:.2f} s", flush=True)
-        del net
-        # 1b. image size (a network per size: its own plan)
-        nets = {s: build_net((s, s), args.width, device=device) for s in args.sizes}
-        images = {s: torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(1)).to(device) for s in args.sizes}
-        fns = {s: (lambda s=s: nets[s].predict_probabilities(images[s])) for s in args.sizes}
-        times = interleaved(fns, args.repeats, sync)
-        for s in args.sizes:
-            t = median(times[s])
-            results["inference_vs_size"].append({"size": s, "stages": len(nets[s].dnet.encoder.stages), "masks": 20,
-                                                 "dnet_width": args.width, "seconds": t,
-                                                 "us_per_pixel": 1e6 * t / s ** 2, "all_seconds": times[s]})
-            print(f"  {s}^2, 20 masks: {t:.2f} s", flush=True)
-        del nets
+def inference_vs_masks(args, device, sync) -> list[dict]:
+    """1a. One 2D plan, the staged sampler with 2 x draws_per_branch masks."""
+    size = args.size_for_masks
+    net = build_net((size, size), args.width, device=device)
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
 
-    # 2. STAPLE
+    def run_with(draws):
+        def fn():
+            net.sampler = StagedSampler(StagedPlan(draws_per_branch=draws))
+            return net.predict_probabilities(image)
+        return fn
+    fns = {m: run_with(m // 2) for m in args.masks}
+    times = interleaved(fns, args.repeats, sync)
+    rows = []
+    for m in args.masks:
+        s = median(times[m])
+        rows.append({"masks": m, "size": size, "dnet_width": args.width, "dnet_evaluations": 1 + 20 + m,
+                     "seconds": s, "seconds_per_mask": s / m, "all_seconds": times[m]})
+        print(f"  {m} masks at {size}^2: {s:.2f} s", flush=True)
+    return rows
+
+
+def inference_vs_size(args, device, sync) -> list[dict]:
+    """1b. Image size at 20 masks (a network per size: its own plan)."""
+    nets = {s: build_net((s, s), args.width, device=device) for s in args.sizes}
+    images = {s: torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(1)).to(device) for s in args.sizes}
+    fns = {s: (lambda s=s: nets[s].predict_probabilities(images[s])) for s in args.sizes}
+    times = interleaved(fns, args.repeats, sync)
+    rows = []
+    for s in args.sizes:
+        t = median(times[s])
+        rows.append({"size": s, "stages": len(nets[s].dnet.encoder.stages), "masks": 20, "dnet_width": args.width,
+                     "seconds": t, "us_per_pixel": 1e6 * t / s ** 2, "all_seconds": times[s]})
+        print(f"  {s}^2, 20 masks: {t:.2f} s", flush=True)
+    return rows
+
+
+def staple_sweeps(args, device, sync) -> tuple[list[dict], list[dict]]:
+    """2. STAPLE as raters grow (256x256) and as pixels grow (20 raters)."""
     def staple_time(stack: torch.Tensor) -> float:
         masks = stack.long().unsqueeze(0).to(device)  # (1, N, *spatial) label maps
         fuse_masks(masks, 2)
         return median([timed(lambda: fuse_masks(masks, 2), sync)[0] for _ in range(args.staple_repeats)])
 
+    vs_raters, vs_pixels = [], []
     for n in args.raters:
         t = staple_time(make_sampler_like((256, 256), n=n))
-        results["staple_vs_raters"].append({"raters": n, "spatial": "256x256", "seconds": t})
+        vs_raters.append({"raters": n, "spatial": "256x256", "seconds": t})
     for spatial in [(s, s) for s in args.staple_2d] + [(s, s, s) for s in args.staple_3d]:
         t = staple_time(make_sampler_like(spatial, n=20))
         pixels = int(torch.tensor(spatial).prod())
-        results["staple_vs_pixels"].append({"raters": 20, "spatial": "x".join(map(str, spatial)), "pixels": pixels,
-                                            "seconds": t, "ns_per_pixel": 1e9 * t / pixels})
+        vs_pixels.append({"raters": 20, "spatial": "x".join(map(str, spatial)), "pixels": pixels,
+                          "seconds": t, "ns_per_pixel": 1e9 * t / pixels})
+    return vs_raters, vs_pixels
 
-    for key, cols in (("inference_vs_masks", [("masks", "masks", "d"), ("size", "size", "d"),
-                                              ("dnet_evaluations", "DNet evals", "d"), ("seconds", "s/image", ".2f"),
-                                              ("seconds_per_mask", "s/mask", ".3f")]),
-                      ("inference_vs_size", [("size", "size", "d"), ("stages", "stages", "d"), ("masks", "masks", "d"),
-                                             ("seconds", "s/image", ".2f"), ("us_per_pixel", "us/pixel", ".1f")]),
-                      ("staple_vs_raters", [("raters", "raters", "d"), ("spatial", "spatial", ""),
-                                            ("seconds", "STAPLE s", ".4f")]),
-                      ("staple_vs_pixels", [("spatial", "spatial", ""), ("raters", "raters", "d"),
-                                            ("seconds", "STAPLE s", ".4f"), ("ns_per_pixel", "ns/pixel", ".1f")])):
+
+TABLES = (("inference_vs_masks", [("masks", "masks", "d"), ("size", "size", "d"),
+                                  ("dnet_evaluations", "DNet evals", "d"), ("seconds", "s/image", ".2f"),
+                                  ("seconds_per_mask", "s/mask", ".3f")]),
+          ("inference_vs_size", [("size", "size", "d"), ("stages", "stages", "d"), ("masks", "masks", "d"),
+                                 ("seconds", "s/image", ".2f"), ("us_per_pixel", "us/pixel", ".1f")]),
+          ("staple_vs_raters", [("raters", "raters", "d"), ("spatial", "spatial", ""),
+                                ("seconds", "STAPLE s", ".4f")]),
+          ("staple_vs_pixels", [("spatial", "spatial", ""), ("raters", "raters", "d"),
+                                ("seconds", "STAPLE s", ".4f"), ("ns_per_pixel", "ns/pixel", ".1f")]))
+
+
+def main() -> None:
+    args = parse_args()
+    device = setup(args)
+    sync = syncer(device)
+    results: dict[str, list[dict]] = {"inference_vs_masks": [], "inference_vs_size": [], "staple_vs_raters": [],
+                                      "staple_vs_pixels": []}
+    if not args.skip_inference:
+        results["inference_vs_masks"] = inference_vs_masks(args, device, sync)
+        results["inference_vs_size"] = inference_vs_size(args, device, sync)
+    results["staple_vs_raters"], results["staple_vs_pixels"] = staple_sweeps(args, device, sync)
+    for key, cols in TABLES:
         if results[key]:
             print(f"\n{key}")
             print_table(results[key], cols)

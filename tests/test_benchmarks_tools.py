@@ -1,8 +1,9 @@
 """Tools in benchmarks/: combine.py (runs made one split at a time combine into the mean of all; runs that
-do not average are refused by name), draw_agreement.py's mirrored copies and its tried tempering rule,
-choice_rules.py (each rule's choice on a recorded validation table, scored by that pipeline's held-out row),
-shifted_copy.py (a corrupted copy of held-out images, labels unchanged), tiling.py (nnU-Net's tiles over a
-stitched image) and pooled_choice.py (its in-process fold ensemble averages what the network exports)."""
+do not average are refused by name), draw_agreement.py's mirrored copies and its tried tempering rule; and in
+benchmarks/experiments/: choice_rules.py (each rule's choice on a recorded validation table, scored by that
+pipeline's held-out row), shifted_copy.py (a corrupted copy of held-out images, labels unchanged), tiling.py
+(nnU-Net's tiles over a stitched image) and pooled_choice.py (its in-process fold ensemble averages what the
+network exports)."""
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+EXPERIMENTS = BENCHMARKS / "experiments"
 
 
 @pytest.fixture
@@ -24,13 +26,15 @@ def combine(monkeypatch):
 @pytest.fixture
 def draw_agreement(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # tiling.py and pooled_choice.py build on draw_agreement.py
     import draw_agreement
     return draw_agreement
 
 
 @pytest.fixture
 def choice_rules(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # _common (experiments/_path.py adds it once per process)
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
     import choice_rules
     return choice_rules
 
@@ -112,7 +116,8 @@ def test_runs_with_other_settings_or_the_same_split_are_refused(combine, tmp_pat
 
 @pytest.fixture
 def shifted_copy(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # _common (experiments/_path.py adds it once per process)
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
     import shifted_copy
     return shifted_copy
 
@@ -187,7 +192,7 @@ def test_test_time_mirroring_copies_are_flipped_back(draw_agreement):
 
 
 def test_tiling_covers_a_two_patch_image_with_three_tiles_and_predicts_as_the_network(draw_agreement):
-    import tiling  # beside draw_agreement, on the path the fixture added
+    import tiling  # in experiments/, on the path the fixture added
 
     from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
 
@@ -203,7 +208,7 @@ def test_tiling_covers_a_two_patch_image_with_three_tiles_and_predicts_as_the_ne
 def test_pooled_choice_scores_each_pipeline_as_the_network_exports_it(draw_agreement):
     """The benchmark's fold ensembles average these maps in-process; nnUNetv2_predict averages the forward's
     output. Equal up to a per-pixel constant (softmax-equal), tempered or not, for every pipeline."""
-    import pooled_choice  # beside draw_agreement, on the path the fixture added
+    import pooled_choice  # in experiments/, on the path the fixture added
 
     from nnunet_unisegdiff.model.settings import PIPELINES
 

@@ -7,7 +7,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_unisegdiff"
 TOOLS = {"cli", "demo", "analysis", "evaluation", "commands"}  # commands.py: child processes of the tools
-BASE = ("defaults.py", "commands.py")  # top-level modules below every layer: they import none of the package
+BASE = ("defaults.py", "commands.py", "dice.py")  # top-level modules below every layer: they import none of the package
 # subpackage -> the package's subpackages/modules it must not import
 FORBIDDEN = {
     "diffusion": {"model", "training", "nnunet_ext", "conversion"} | TOOLS,

@@ -51,7 +51,13 @@ def group_level_splits(case_ids: Sequence[str], groups: Sequence[str], n_folds: 
     """Whole groups per fold, folds as equal in case count as the groups allow.
 
     Groups are shuffled with `seed`, then placed largest first into the fold that holds the fewest
-    cases so far (ties: lowest fold index)."""
+    cases so far (ties: lowest fold index).
+
+    This is scikit-learn's unshuffled `GroupKFold` with seeded tie-breaking among equal-sized groups.
+    It is not delegated to scikit-learn: `GroupKFold(shuffle=True)` deals the shuffled groups out in
+    equal numbers, not equal case counts (other folds), and the unshuffled one breaks ties by its
+    internal sort order, which its documentation does not promise; the splits written for existing
+    datasets must not change with the installed scikit-learn."""
     members: dict[str, list[str]] = {}
     for cid, g in zip(case_ids, groups):
         members.setdefault(g, []).append(cid)

@@ -1,5 +1,5 @@
 """Failure-detection metrics: how well a per-case score tells failed segmentations from good ones,
-and how well pixel probabilities are calibrated. Pure numpy, used by
+and how well pixel probabilities are calibrated. numpy and scikit-learn, used by
 `benchmarks/failure_detection.py`; the definitions follow the segmentation failure-detection
 benchmark of Zenk et al. (MedIA 2025) and Jaeger et al. (ICLR 2023).
 
@@ -13,43 +13,31 @@ benchmark of Zenk et al. (MedIA 2025) and Jaeger et al. (ICLR 2023).
   pixel-weighted mean |mean probability - foreground fraction| over bins) and the Brier score
   (mean squared difference between foreground probability and the true foreground), pooled over
   every pixel of every case without holding them all in memory.
-* `dice`: per-case Dice with the failure benchmark's empty rule: both empty = 1, only one empty = 0.
+* `dice`: per-case Dice (`nnunet_unisegdiff.dice`) with the failure benchmark's empty rule: both
+  empty = 1, only one empty = 0.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from nnunet_unisegdiff.dice import dice as package_dice
 
 ECE_BINS = 15
 
 
 def auroc(uncertainty: Sequence[float], failed: Sequence[bool]) -> float:
     """AUROC of `uncertainty` (higher = more likely failed) at separating `failed` cases from the
-    others; NaN when either group is empty. Tied scores count 1/2 (average ranks)."""
+    others (scikit-learn's `roc_auc_score`: tied scores count 1/2); NaN when either group is empty."""
     u = np.asarray(uncertainty, dtype=np.float64)
     y = np.asarray(failed, dtype=bool)
     if u.shape != y.shape:
         raise ValueError(f"{u.shape} scores for {y.shape} labels")
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    ranks = average_ranks(u)
-    u_stat = ranks[y].sum() - n_pos * (n_pos + 1) / 2
-    return float(u_stat / (n_pos * n_neg))
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of their ranks (scipy's rankdata 'average')."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    sorted_v = values[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_v)) + 1]
-    ends = np.r_[starts[1:], len(values)]
-    ranks = np.empty(len(values))
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2
-    return ranks
+    return float(roc_auc_score(y, u))
 
 
 def aurc(confidence: Sequence[float], risk: Sequence[float]) -> float:
@@ -77,17 +65,7 @@ def aurc(confidence: Sequence[float], risk: Sequence[float]) -> float:
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Dice of the foreground labels (> 0), mean over the labels present in either mask; a case
     with no foreground in either is 1, foreground in only one of them is 0."""
-    p, g = np.asarray(prediction), np.asarray(reference)
-    if p.shape != g.shape:
-        raise ValueError(f"prediction {p.shape} and reference {g.shape} differ")
-    labels = sorted((set(np.unique(p).tolist()) | set(np.unique(g).tolist())) - {0})
-    if not labels:
-        return 1.0
-    scores = []
-    for v in labels:
-        pv, gv = p == v, g == v
-        scores.append(2.0 * float((pv & gv).sum()) / float(pv.sum() + gv.sum()))
-    return float(np.mean(scores))
+    return package_dice(prediction, reference, labels=None, both_empty=1.0)
 
 
 def mean_pairwise_dice(masks: Sequence[np.ndarray]) -> float:

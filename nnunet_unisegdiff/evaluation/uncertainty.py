@@ -50,6 +50,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
+from skimage.util import montage as skimage_montage
 
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.validation_record import model_record
@@ -105,7 +107,8 @@ def heatmap_rgb(values: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
 
 
 def montage(volume: np.ndarray, max_slices: int = 16) -> np.ndarray:
-    """3D (D, H, W) -> 2D grid of up to `max_slices` evenly spaced slices along the first axis."""
+    """3D (D, H, W) -> 2D grid of up to `max_slices` evenly spaced slices along the first axis
+    (scikit-image's `montage`: ceil(sqrt(n)) columns, as few rows as hold them, empty cells 0)."""
     if volume.ndim == 2:
         return volume
     if volume.ndim != 3:
@@ -113,20 +116,14 @@ def montage(volume: np.ndarray, max_slices: int = 16) -> np.ndarray:
     idx = np.unique(np.linspace(0, volume.shape[0] - 1, min(max_slices, volume.shape[0])).round().astype(int))
     cols = int(np.ceil(np.sqrt(len(idx))))
     rows = int(np.ceil(len(idx) / cols))
-    h, w = volume.shape[1:]
-    out = np.zeros((rows * h, cols * w), dtype=volume.dtype)
-    for k, i in enumerate(idx):
-        r, c = divmod(k, cols)
-        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = volume[i]
-    return out
+    return skimage_montage(volume[idx], fill=0, grid_shape=(rows, cols))
 
 
 def contour(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a binary (H, W) mask that touch the background (4-neighbourhood)."""
+    """Pixels of a binary (H, W) mask that touch the background (4-neighbourhood); outside the
+    image counts as the mask, so a lesion cut by the border is not outlined along it."""
     m = np.asarray(mask, dtype=bool)
-    padded = np.pad(m, 1, mode="edge")
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return m & ~interior
+    return m & ~ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(2, 1), border_value=1)
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

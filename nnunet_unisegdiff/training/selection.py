@@ -22,10 +22,13 @@ import numpy as np
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from nnunet_unisegdiff.dice import dice
+
 PIPELINE_RECORD = "inference_pipeline.json"  # in the fold folder
 MARGIN = 0.5         # Dice points a DNet pipeline must gain over CFENet on validation
 CONFIDENCE = 0.95    # one-sided, family-wise over the candidates: the gain's paired bootstrap lower bound > 0
 BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_CHUNK = 1 << 20  # resampled case indices held at once
 
 
 def mirroring_axes(pipeline: str, plan_axes: Sequence[int] | None, dnet_mirroring: bool) -> tuple[int, ...] | None:
@@ -39,13 +42,7 @@ def mirroring_axes(pipeline: str, plan_axes: Sequence[int] | None, dnet_mirrorin
 def case_dice(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
     """Mean over `labels` of Dice(pred == k, ref == k); 1 where both are empty. Pixels with ref < 0
     (outside nnU-Net's crop) are ignored."""
-    valid = ref >= 0
-    scores = []
-    for k in labels:
-        p, r = (pred == k) & valid, (ref == k) & valid
-        denom = int(p.sum()) + int(r.sum())
-        scores.append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
-    return float(np.mean(scores))
+    return dice(pred, ref, labels, both_empty=1.0, valid=ref >= 0)
 
 
 def label_map_predictor(predictor: nnUNetPredictor, net) -> Callable[[str, np.ndarray], np.ndarray]:
@@ -96,12 +93,12 @@ def score_pipelines(predict: Callable[[str, np.ndarray], np.ndarray], cases: Ite
             false_lesion[name] += int(not has_lesion and bool(np.isin(pred[ref >= 0], labels).any()))
     lesion_mask = np.array(lesion, dtype=bool)
     table = {}
-    for name, dice in per.items():
-        d = np.array(dice)
+    for name, scores in per.items():
+        d = np.array(scores)
         table[name] = {"dice": 100 * float(d.mean()) if d.size else float("nan"),
                        "dice_lesion": 100 * float(d[lesion_mask].mean()) if lesion_mask.any() else float("nan"),
                        "false_lesions": false_lesion[name], "lesion_free": int((~lesion_mask).sum()),
-                       "cases": int(d.size), "per_case": {k: 100 * float(v) for k, v in zip(keys, dice)}}
+                       "cases": int(d.size), "per_case": {k: 100 * float(v) for k, v in zip(keys, scores)}}
     return table
 
 
@@ -113,7 +110,10 @@ def paired_gain_lower_bound(gain: np.ndarray, confidence: float, resamples: int 
     if gain.size == 0:
         return float("nan")
     rng = np.random.default_rng(seed)
-    means = np.array([gain[rng.integers(0, gain.size, gain.size)].mean() for _ in range(resamples)])
+    rows = max(1, BOOTSTRAP_CHUNK // gain.size)  # resamples drawn per block, memory bounded for any case count
+    # one block of (rows, n) draws takes the generator's stream as `rows` draws of n: the means are the same
+    means = np.concatenate([gain[rng.integers(0, gain.size, (min(rows, resamples - start), gain.size))].mean(axis=1)
+                            for start in range(0, resamples, rows)])
     return float(np.quantile(means, 1.0 - confidence))
 
 

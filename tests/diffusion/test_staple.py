@@ -7,6 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_unisegdiff import staple, staple_multiclass
+from nnunet_unisegdiff.dice import dice as package_dice
 from nnunet_unisegdiff.diffusion.staple import staple_batched
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
@@ -42,7 +43,7 @@ def ball(shape: tuple[int, ...], radius: float, center_shift: float = 0.0) -> to
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (2 * (a & b).sum() / (a.sum() + b.sum()).clamp_min(1)).item()
+    return package_dice(a.cpu().numpy(), b.cpu().numpy(), labels=(1,), both_empty=0.0)
 
 
 def gt_2d() -> torch.Tensor:

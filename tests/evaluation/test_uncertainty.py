@@ -8,8 +8,10 @@ from PIL import Image
 from nnunet_unisegdiff import cli
 from nnunet_unisegdiff.evaluation.uncertainty import (
     colormap_lut,
+    contour,
     entropy_map,
     load_probabilities,
+    montage,
     overlay_rgb,
     write_uncertainty,
 )
@@ -107,6 +109,23 @@ def test_overlay_marks_the_predicted_contour():
     pred[2:6, 2:6] = 1
     rgb = overlay_rgb(u, pred)
     assert tuple(rgb[2, 3]) == (0, 255, 255) and tuple(rgb[3, 3]) != (0, 255, 255)
+
+
+def test_the_contour_is_the_mask_minus_its_4_neighbour_erosion_and_not_the_image_border():
+    m = np.zeros((6, 5), bool)
+    m[:4, 1:4] = True  # cut by the top border
+    expected = m.copy()
+    expected[:3, 2] = False  # interior: all four neighbours in the mask, the one above the image counted in
+    assert np.array_equal(contour(m), expected)
+    assert not contour(np.zeros((3, 3), bool)).any() and not contour(np.ones((3, 3), bool)).any()
+
+
+def test_a_montage_keeps_the_dtype_and_leaves_empty_cells_zero():
+    vol = np.arange(1, 5 * 2 * 3 + 1, dtype=np.float32).reshape(5, 2, 3)
+    grid = montage(vol)
+    assert grid.shape == (2 * 2, 3 * 3) and grid.dtype == np.float32  # 5 slices: 3 columns, 2 rows
+    assert np.array_equal(grid[2:4, 3:6], vol[4]) and (grid[2:4, 6:] == 0).all()
+    assert montage(vol, max_slices=2).shape == (2, 2 * 3)  # slices 0 and 4 side by side
 
 
 # ----------------------------------------------------------------------------- confidence and review list

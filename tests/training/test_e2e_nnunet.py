@@ -46,11 +46,10 @@ def run(cmd, env, check=True):
     return proc
 
 
-def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
-    root, env = nnunet_env
+def train_killed_and_resumed(root: Path, env: dict) -> tuple[Path, dict, str]:
+    """nnUNetv2_train killed at the start of epoch 3 (epochs 0-1 were phase A, epoch 2 phase B), then resumed with
+    --c: (fold folder, final checkpoint, the resumed run's log)."""
     train = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu", "--npz"]
-
-    # killed at the start of epoch 3: epochs 0-1 were phase A, epoch 2 phase B
     crashed = run(train, {**env, "UNISEGDIFF_TEST_CRASH_AT_EPOCH": "3"}, check=False)
     assert crashed.returncode != 0 and "test crash at the start of epoch 3" in crashed.stdout + crashed.stderr
     fold_dir = next((root / "results").glob(f"Dataset{DATASET_ID}_*")) / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
@@ -64,7 +63,11 @@ def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
     final = torch.load(fold_dir / "checkpoint_final.pth", weights_only=False, map_location="cpu")
     assert final["unisegdiff"]["phase"] == "B" and final["current_epoch"] == 4
     assert bool(final["network_weights"]["dnet_trained"])
-    # after phase B the trainer chose its inference pipeline on the fold's validation cases
+    return fold_dir, final, log
+
+
+def check_the_trained_fold(fold_dir: Path, final: dict, log: str) -> None:
+    """The pipeline chosen on the fold's validation cases, its mirroring, the logs and nnU-Net's validation."""
     record = json.loads((fold_dir / "inference_pipeline.json").read_text())
     assert set(record["table"]) == set(PIPELINES) and record["chosen"] in PIPELINES
     # test-time mirroring goes with the choice: nnU-Net's for CFENet alone, none for a DNet pipeline
@@ -79,8 +82,10 @@ def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
     summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
     assert "foreground_mean" in summary
 
-    # nnU-Net's predictor rebuilds the network from the trainer class: 3 new images + 4 training images
-    raw = next((root / "raw").glob(f"Dataset{DATASET_ID}_*"))
+
+def predict_new_and_training_images(raw: Path, env: dict, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """nnU-Net's predictor rebuilds the network from the trainer class: 3 new images + 4 training images.
+    (labels folder, prediction folder, the training cases' IDs)."""
     images, labels, out = tmp_path / "images", tmp_path / "labels", tmp_path / "pred"
     images.mkdir(), labels.mkdir()
     train_ids = sorted(p.name[:-len("_0000.png")] for p in (raw / "imagesTr").glob("*_0000.png"))[:4]
@@ -100,7 +105,12 @@ def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
         assert seg.shape == (32, 32) and set(np.unique(seg)) <= {0, 1}
         probs = np.load(p.with_suffix(".npz"))["probabilities"]
         assert np.allclose(probs.sum(0), 1, atol=1e-3)
+    return labels, out, train_ids
 
+
+def check_training_cases_are_segmented(labels: Path, out: Path, train_ids: list[str], raw: Path, fold_dir: Path,
+                                       env: dict) -> None:
+    """nnUNetv2_evaluate_folder: the training cases' Dice clearly above an empty or all-lesion prediction."""
     run(["nnUNetv2_evaluate_folder", str(labels), str(out), "-djfile", str(raw / "dataset.json"),
          "-pfile", str(fold_dir.parent / "plans.json")], env)
     per_case = json.loads((out / "summary.json").read_text())["metric_per_case"]
@@ -112,6 +122,17 @@ def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
     assert dice > max(0.3, everything + 0.1), \
         (f"Dice on training cases {dice:.3f} is not clearly above an empty (0) "
          f"or all-lesion ({everything:.3f}) prediction")
+
+
+def test_train_kill_resume_predict_evaluate(nnunet_env, tmp_path):
+    root, env = nnunet_env
+    fold_dir, final, log = train_killed_and_resumed(root, env)
+    # after phase B the trainer chose its inference pipeline on the fold's validation cases
+    check_the_trained_fold(fold_dir, final, log)
+
+    raw = next((root / "raw").glob(f"Dataset{DATASET_ID}_*"))
+    labels, out, train_ids = predict_new_and_training_images(raw, env, tmp_path)
+    check_training_cases_are_segmented(labels, out, train_ids, raw, fold_dir, env)
 
     # nnU-Net's model selection reads the --npz validation outputs of the trainer folder
     run(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "2d", "-tr", TRAINER, "-f", "0"], env)

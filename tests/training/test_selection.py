@@ -109,6 +109,18 @@ def test_the_bootstrap_is_deterministic_and_needs_per_case_scores():
         choose_pipeline({"cfenet": {"dice": 50.0}, "rs": {"dice": 60.0}})
 
 
+@pytest.mark.parametrize("cases, chunk", [(40, 1 << 20), (33, 100), (7, 1)])
+def test_the_vectorised_bootstrap_draws_what_one_resample_at_a_time_drew(cases, chunk, monkeypatch):
+    """Blocks of resamples take the seeded generator's stream as the former loop did: same bound, same choice."""
+    from nnunet_unisegdiff.training import selection
+
+    monkeypatch.setattr(selection, "BOOTSTRAP_CHUNK", chunk)  # also blocks of 3 and 1 resamples
+    gain = np.random.default_rng(cases).normal(1.0, 5.0, cases)
+    rng = np.random.default_rng(0)
+    means = [gain[rng.integers(0, cases, cases)].mean() for _ in range(1000)]
+    assert paired_gain_lower_bound(gain, 0.95, resamples=1000) == float(np.quantile(means, 1.0 - 0.95))
+
+
 def test_user_override_rewrites_the_recorded_pipeline(tmp_path, plan_2d, capsys):
     import torch
 

@@ -1,7 +1,7 @@
 """Does tempering keep the segmentation on images larger than one patch? (docs/method.md item 18)
 
-    .venv/bin/python benchmarks/tiling.py MODEL_FOLDER RAW_DATASET [--trainer-dir DIR] [--pairs 30]
-    .venv/bin/python benchmarks/tiling.py --smoke   # an untrained tiny network on synthetic images
+    .venv/bin/python benchmarks/experiments/tiling.py MODEL_FOLDER RAW_DATASET [--trainer-dir DIR] [--pairs 30]
+    .venv/bin/python benchmarks/experiments/tiling.py --smoke   # an untrained tiny network on synthetic images
 
 Each network call keeps its argmax when tempered, so a single-tile image gets the same segmentation
 tempered or not. On a larger image nnU-Net's sliding window blends the overlapping tiles' logits with
@@ -19,6 +19,7 @@ import argparse
 import sys
 from dataclasses import replace
 
+import _path  # noqa: F401  (first: benchmarks/ on the module path)
 import numpy as np
 import torch
 from _common import apply_smoke, meta, print_table, write_json

@@ -2,7 +2,7 @@
 blur or lost contrast, so that a model trained on the clean images fails on a share of them and a per-case
 confidence has failures to find. Labels are copied unchanged.
 
-    .venv/bin/python benchmarks/shifted_copy.py RAW_DATASET OUT_FOLDER [--seed 0] [--scale 1.0]
+    .venv/bin/python benchmarks/experiments/shifted_copy.py RAW_DATASET OUT_FOLDER [--seed 0] [--scale 1.0]
     .venv/bin/python benchmarks/draw_agreement.py MODEL_FOLDER OUT_FOLDER      # then score it
 
 Cases take the three kinds in turn, each at one of three severities drawn per case (seeded); `--scale`
@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _path  # noqa: F401  (first: benchmarks/ on the module path)
 import numpy as np
 import torch
 from _common import add_smoke_arg, apply_smoke, meta, write_json

@@ -2,8 +2,8 @@
 download (issue 13): does `unisegdiff pipeline MODEL -f 0 1 2 3 4 --pool` keep the gains that one fold's 32
 validation cases cannot confirm, and refuse the ones that do not carry?
 
-    .venv/bin/python benchmarks/pooled_choice.py DOWNLOAD_DIR --converter busi --split 0 --reuse
-    .venv/bin/python benchmarks/pooled_choice.py --smoke
+    .venv/bin/python benchmarks/experiments/pooled_choice.py DOWNLOAD_DIR --converter busi --split 0 --reuse
+    .venv/bin/python benchmarks/experiments/pooled_choice.py --smoke
 
 One split of `accuracy_real.py` (the same conversion, split, budgets and work folder, so `--reuse` keeps
 what it trained on fold 0) trained on every fold: nnUNetTrainer, then UniSegDiff with that fold's model as
@@ -21,6 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import _path  # noqa: F401  (first: benchmarks/ on the module path)
 import numpy as np
 import torch
 from _common import meta, write_json

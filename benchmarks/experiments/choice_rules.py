@@ -1,7 +1,7 @@
 """Rules for choosing a fold's inference pipeline, compared on recorded runs: the pipeline each rule picks
 from the fold's validation table, and what that pipeline scored on the run's held-out images.
 
-    .venv/bin/python benchmarks/choice_rules.py \\
+    .venv/bin/python benchmarks/experiments/choice_rules.py \\
         --run busi_split0.json WORK/results/Dataset910_.../TRAINER__nnUNetPlans__2d/fold_0 \\
         --run ... --json benchmarks/results/choice_rules.json
 
@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import _path  # noqa: F401  (first: benchmarks/ on the module path)
 import numpy as np
 import torch
 from _common import add_smoke_arg, apply_smoke, meta, print_table, write_json
