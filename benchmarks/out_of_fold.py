@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/out_of_fold.py DOWNLOAD --converter busi --split 0 --reuse
     .venv/bin/python benchmarks/out_of_fold.py DOWNLOAD --converter busi --split 0 --reuse --unisegdiff-folds 0 1 2 3 4
-    .venv/bin/python benchmarks/out_of_fold.py --smoke
+    .venv/bin/python benchmarks/out_of_fold.py --smoke   # two nnUNetTrainer folds, so fold 0 also meets a missing one
 
 The split, conversion, budgets and work folder of `accuracy_real.py`. nnUNetTrainer trains on all five folds;
 then on each fold of --unisegdiff-folds UniSegDiff with that fold's nnUNetTrainer as CFENet, once per phase-B
@@ -13,7 +13,7 @@ with condition noise (--noise). Each recipe chooses its pipeline on the fold's v
 
 On the held-out images, in-process, as nnUNetv2_predict exports them: every pipeline of every recipe, each
 recipe's chosen pipeline, CFENet of the fold, nnU-Net's five-fold ensemble (mean of the folds' logits, what
-`nnUNetv2_predict -f 0 1 2 3 4` averages) and the five-fold ensemble of each recipe trained on every fold.
+`nnUNetv2_predict -f 0 1 2 3 4` averages) and the fold ensemble of each recipe trained on several folds.
 Per row: Dice on all images and on lesion images, normal images with a false lesion. Per-case failure
 detection (AUROC at Dice < 0.5, AURC): the `confidence` of each exported map, the draws' mean pairwise Dice,
 their product, and the five-fold ensemble's pairwise Dice (Zenk et al., MedIA 2025).
@@ -75,7 +75,7 @@ def train_all(s: dict, args, trainers: dict[str, str]) -> dict:
         train_once(trainer, results / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}" / "checkpoint_final.pth",
                    s["dataset_id"], env, args, s["logs"], seconds, fold)
     with ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(train, [(BASELINE, f, s["env"]) for f in range(5)]))
+        list(pool.map(train, [(BASELINE, f, s["env"]) for f in args.baseline_folds]))
         list(pool.map(train, [(t, f, {**s["env"], CFENET_CHECKPOINT_ENV: str(baseline / f"fold_{f}" /
                                                                                 "checkpoint_final.pth")})
                               for f in args.unisegdiff_folds for t in trainers.values()]))
@@ -104,7 +104,7 @@ def score_image(image: Path, gt: np.ndarray, scorers: dict, baselines: list, lab
     base_logits = [b.net(x)[0].float() for b in baselines]  # (C, *spatial) per fold
     members = [first.segmentation(lg, props).reshape(gt.shape) for lg in base_logits]
     ens = torch.stack(base_logits).mean(0).softmax(0)
-    rows = {"nnU-Net five-fold ensemble": (seg(ens), {"confidence": case_confidence(ens.cpu().numpy()),
+    rows = {"nnU-Net fold ensemble": (seg(ens), {"confidence": case_confidence(ens.cpu().numpy()),
                                                       "folds_pairwise": mean_pairwise_dice(members)})}
     for (recipe, fold), scorer in scorers.items():
         out = recipe_outputs(scorer.net, x)
@@ -133,7 +133,7 @@ def failure_detection(per_case: list[dict]) -> dict:
 
 def score(s: dict, trained: dict, args, device: torch.device) -> dict:
     raw = s["raw"]
-    baselines = [ModelScorer(trained["baseline"], device, f) for f in range(5)]
+    baselines = [ModelScorer(trained["baseline"], device, f) for f in args.baseline_folds]
     scorers = {(r, f): ModelScorer(m, device, f) for r, m in trained["recipes"].items() for f in args.unisegdiff_folds}
     rows: dict[str, list[dict]] = {}
     for image in tqdm(sorted((raw / "imagesTs").glob("*_0000.png")), desc="held-out images", unit="image"):
@@ -195,11 +195,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_real_args(ap)
     ap.add_argument("--split", type=int, default=0, help="the split of accuracy_real.py")
+    ap.add_argument("--baseline-folds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                    help="nnUNetTrainer's folds: the other folds' CFENets and nnU-Net's fold ensemble")
     ap.add_argument("--unisegdiff-folds", type=int, nargs="+", default=[0])
     ap.add_argument("--noise", type=float, default=0.5, help="condition noise of the '+ noise' recipes (0: none)")
     ap.add_argument("--parallel", type=int, default=2, help="trainings at a time")
     args = ap.parse_args(argv)
-    work, device, source = start(ap, args, NAME, split=0, unisegdiff_folds=[0], parallel=2)
+    work, device, source = start(ap, args, NAME, split=0, baseline_folds=[0, 1], unisegdiff_folds=[0], noise=0.0,
+                                 parallel=2)
     args.work_dir = work
     s = prepare_split(args.split, args, work, source)
     trained = train_all(s, args, recipe_trainers(args))

@@ -102,8 +102,21 @@ def check_mirroring(results):
 
 
 def check_out_of_fold(results):
-    assert results["split"] == 0 and results["rows"] and results["failure_detection"]
-    assert set(results["failure_detection"]) == set(results["rows"])
+    assert results["split"] == 0 and set(results["failure_detection"]) == set(results["rows"])
+    assert set(results["chosen"]) == {"in-sample f0", "out-of-fold f0"}
+    assert set(results["chosen"].values()) <= PIPELINES
+    rows = results["rows"]
+    assert {"nnU-Net fold ensemble", "CFENet f0 (nnU-Net)"} <= set(rows)
+    assert {f"{r} f0: {p}" for r in ("in-sample", "out-of-fold") for p in PIPELINES - {"cfenet"}} <= set(rows)
+    assert all(within(r["dice_all"], 0, 100) and within(r["dice_lesion"], 0, 100) for r in rows.values())
+    for name, fd in results["failure_detection"].items():
+        assert fd["failed"] <= fd["cases"] and within(fd["confidence"]["auroc"], 0, 1), name
+    assert "draws_pairwise" in results["failure_detection"]["out-of-fold f0: chosen (" +
+                                                            results["chosen"]["out-of-fold f0"] + ")"]
+    assert "folds_pairwise" in results["failure_detection"]["nnU-Net fold ensemble"]
+    for part in ("fold 0 train", "fold 0 val"):
+        cause = next(v for k, v in results["cause"].items() if k.startswith(part))
+        assert all(within(v, 0, 100) for v in cause.values()) and "CFENet vs reference" in cause
 
 
 def check_overhead(results):
