@@ -165,6 +165,8 @@ def cause(s: dict, trained: dict, args, device: torch.device, limit: int = 64) -
             rows: dict[str, list[float]] = {}
             for _, data, ref in validation_cases(infer_dataset_class(str(preprocessed / "nnUNetPlans_2d")),
                                                   str(preprocessed / "nnUNetPlans_2d"), keys):
+                if data.ndim == 4:  # a 2D case as nnU-Net stores it: (C, 1 slice, H, W)
+                    data, ref = data[:, 0], ref[0]
                 x = torch.from_numpy(np.ascontiguousarray(data)).float()[None].to(device)
                 cfenet = None
                 for recipe, net in nets.items():
