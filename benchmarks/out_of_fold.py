@@ -96,6 +96,7 @@ def recipe_outputs(net, x: torch.Tensor) -> dict:
             "draws": [m.cpu().numpy() for m in masks[0]]}
 
 
+@torch.no_grad()
 def score_image(image: Path, gt: np.ndarray, scorers: dict, baselines: list, labels: list[int]) -> dict:
     """{row: (segmentation, failure scores)} for one held-out image."""
     first = baselines[0]

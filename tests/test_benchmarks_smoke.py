@@ -164,6 +164,15 @@ def check_shifted_copy(results):
     assert {c["kind"] for c in cases.values()} <= set(results["counts"]) == {"noise", "blur", "contrast"}
 
 
+def check_stitch_check(results):
+    rows = results["rows"]
+    assert [(r["cases"], r["ridge"]) for r in rows] == [(3, 1e-3), (3, 1e-1), (6, 1e-3), (6, 1e-1)]
+    for r in rows:
+        assert all(v <= 1 + 1e-9 for v in r["fit_r2"] + r["test_r2"] + r["held_r2"]), r
+        assert all(within(r[k], 0, 1) for k in ("test_stitched_vs_source", "held_stitched_vs_source",
+                                                "held_target_vs_source")), r
+
+
 def check_tiling(results):
     rows = results["rows"]
     assert rows and {r["pipeline"] for r in rows} <= PIPELINES

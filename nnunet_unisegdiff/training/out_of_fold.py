@@ -134,7 +134,7 @@ class OutOfFoldConditions:
         return cond
 
 
-def fit_stitches(own: Callable[[Tensor], tuple[Tensor, list[Tensor]]], others: Mapping[int, nn.Module],
+def fit_stitches(own: Callable[[Tensor], tuple[Tensor, list[Tensor]]], others: Mapping[int, nn.Module], ridge: float,
                  images_of: Callable[[int], Iterator[Tensor]]) -> dict[int, Stitch]:
     """{j: stitch from fold j's CFENet into `own`'s basis}, fitted on images_of(j) (images both trained on)."""
     taps = {j: CFENetTap(net) for j, net in others.items()}
@@ -143,7 +143,7 @@ def fit_stitches(own: Callable[[Tensor], tuple[Tensor, list[Tensor]]], others: M
         with torch.no_grad():
             for image in images_of(j):
                 yield taps[j](image)[1], own(image)[1]
-    return {j: fit_stitch(pairs(j)) for j in others}
+    return {j: fit_stitch(pairs(j), ridge) for j in others}
 
 
 def write_record(folder: str, lookup: Lookup, fold_of: Mapping[str, int | None], stitches: Mapping[int, Stitch],

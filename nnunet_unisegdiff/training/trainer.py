@@ -81,7 +81,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     pipeline_confidence = CONFIDENCE   # ... with a paired bootstrap gain > 0 at this confidence (None: mean only)
     out_of_fold_conditions = True      # phase B: condition each training case by another fold's CFENet, when found
     condition_noise = 0.0              # phase B: Gaussian noise on the condition features, in channel sd units
-    stitch_cases = 32                  # images per other fold that its stitch into this fold's basis is fitted on
+    stitch_cases = 64                  # images per other fold that its stitch into this fold's basis is fitted on
+    stitch_ridge = 0.1                 # the stitch's ridge, relative to the mean feature variance (model/stitch.py)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -288,7 +289,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         others = {j: self._load_other_cfenet(lookup.found[j]) for j in used}
         fit_keys = {j: _spread([k for k in train_keys if k in set(splits[j]["train"])], self.stitch_cases)
                     for j in used}
-        stitches = fit_stitches(self.composite.condition, others, lambda j: fitting_images(
+        stitches = fit_stitches(self.composite.condition, others, self.stitch_ridge, lambda j: fitting_images(
             validation_cases(self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder),
                              self.preprocessed_dataset_folder, fit_keys[j],
                              self.folder_with_segs_from_previous_stage),
