@@ -97,7 +97,7 @@ def recipe_outputs(net, x: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def score_image(image: Path, gt: np.ndarray, scorers: dict, baselines: list, labels: list[int]) -> dict:
+def score_image(image: Path, gt: np.ndarray, scorers: dict, baselines: list) -> dict:
     """{row: (segmentation, failure scores)} for one held-out image."""
     first = baselines[0]
     x, props = first.preprocess(image)
@@ -140,7 +140,7 @@ def score(s: dict, trained: dict, args, device: torch.device) -> dict:
     for image in tqdm(sorted((raw / "imagesTs").glob("*_0000.png")), desc="held-out images", unit="image"):
         case = image.name[: -len("_0000.png")]
         gt = baselines[0].rw.read_seg(str(raw / "labelsTs" / f"{case}.png"))[0][0]
-        for name, (seg, scores) in score_image(image, gt, scorers, baselines, baselines[0].labels).items():
+        for name, (seg, scores) in score_image(image, gt, scorers, baselines).items():
             rows.setdefault(name, []).append({"case": case, "entropy": float("nan"), "scores": list(scores),
                                               "failure_dice": failure_dice(seg, gt), **scores,
                                               **case_scores(seg, gt, baselines[0].labels)})

@@ -124,13 +124,17 @@ class OutOfFoldConditions:
         if keys is None or len(keys) != data.shape[0]:
             raise ValueError(f"out-of-fold conditions need the case key of each of the batch's {data.shape[0]} "
                              f"images ('keys', as nnU-Net's data loader gives them), got {keys!r}")
-        cond = [f.clone() for f in self.own(data)[1]]
-        folds = [self.fold_of.get(key) for key in keys]
-        for j in sorted({f for f in folds if f is not None}):
-            rows = torch.tensor([i for i, f in enumerate(folds) if f == j], device=data.device)
-            stitched = self.stitches[j](self.taps[j](data[rows])[1])
-            for c, s in zip(cond, stitched):
-                c[rows] = s.to(c.dtype)
+        rows_of: dict[int | None, list[int]] = {}
+        for i, key in enumerate(keys):
+            rows_of.setdefault(self.fold_of.get(key), []).append(i)
+        cond: list[Tensor] = []
+        for j, rows in rows_of.items():  # each image through one CFENet: its out-of-fold one, or fold k's own
+            idx = torch.tensor(rows, device=data.device)
+            features = self.own(data[idx])[1] if j is None else self.stitches[j](self.taps[j](data[idx])[1])
+            if not cond:
+                cond = [f.new_empty((data.shape[0], *f.shape[1:])) for f in features]
+            for c, f in zip(cond, features):
+                c[idx] = f.to(c.dtype)
         return cond
 
 

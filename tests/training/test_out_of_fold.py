@@ -145,6 +145,8 @@ def test_trainer_conditions_each_case_by_its_out_of_fold_cfenet(fold_model):
             assert not torch.allclose(cond[0][i], own[0][i], atol=1e-3), "an out-of-fold case kept fold 0's own"
         for c, e in zip(cond, expected):
             assert torch.allclose(c[i], e[0 if j is not None else i], atol=1e-4)
+    # fold 0's validation cases are neither conditioned for DNet's training nor fitted on
+    assert set(oof.fold_of) == set(splits[0]["train"]) and not set(oof.fold_of) & set(splits[0]["val"])
     # stitches were fitted on cases that both networks trained on, never on fold 0's validation cases
     for fit_keys in read:
         assert not set(fit_keys) & set(splits[0]["val"])
