@@ -34,7 +34,7 @@ from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, phase_b_l
 from nnunet_unisegdiff.model.network import (UniSegDiffNetwork, UniSegDiffSettings, build_cfenet,
                                              build_unisegdiff_network)
 from nnunet_unisegdiff.model.settings import PIPELINES
-from nnunet_unisegdiff.training.augmentation import feature_noise
+from nnunet_unisegdiff.training.augmentation import SegmentationAugmentation, augment_conditions, feature_noise
 from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 from nnunet_unisegdiff.training.out_of_fold import (OutOfFoldConditions, assign_condition_folds, cfenet_state_dict,
                                                     find_other_folds, fit_stitches, fitting_images)
@@ -81,6 +81,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     pipeline_confidence = CONFIDENCE   # ... with a paired bootstrap gain > 0 at this confidence (None: mean only)
     out_of_fold_conditions = True      # phase B: condition each training case by another fold's CFENet, when found
     condition_noise = 0.0              # phase B: Gaussian noise on the condition features, in channel sd units
+    condition_augmentation: SegmentationAugmentation | None = None  # phase B: nnU-Net's cascade augmentation of
+    #                                    the segmentation the condition features encode (training/augmentation.py)
     stitch_cases = 64                  # images per other fold that its stitch into this fold's basis is fitted on
     stitch_ridge = 0.1                 # the stitch's ridge, relative to the mean feature variance (model/stitch.py)
 
@@ -259,14 +261,19 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     # ---- phase-B conditions -----------------------------------------------------------------------
     def _training_conditions(self, data: torch.Tensor, keys) -> list[torch.Tensor] | None:
         """Condition features CF_i of a training batch: out of fold where the other folds' CFENets are found
-        (training/out_of_fold.py), with `condition_noise`; None when they are this fold's CFENet's, unchanged."""
+        (training/out_of_fold.py), with `condition_augmentation` and then `condition_noise`; None when they are
+        this fold's CFENet's, unchanged."""
         if self._out_of_fold is False:
             self._out_of_fold = self._build_out_of_fold() if self.out_of_fold_conditions else None
             if not self.out_of_fold_conditions:
                 self.print_to_log_file("Phase B conditions: this fold's own CFENet (out_of_fold_conditions off)")
-        if self._out_of_fold is None and not self.condition_noise:
+        if self._out_of_fold is None and not self.condition_noise and self.condition_augmentation is None:
             return None
         cond = self._out_of_fold(data, keys) if self._out_of_fold else self.composite.condition(data)[1]
+        if self.condition_augmentation is not None:
+            with torch.no_grad():
+                cond = augment_conditions(cond, self.composite.cfenet.decoder.seg_layers[-1],
+                                          self.condition_augmentation)
         return feature_noise(cond, self.condition_noise) if self.condition_noise else cond
 
     def _build_out_of_fold(self) -> OutOfFoldConditions | None:

@@ -9,6 +9,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_unisegdiff.diffusion.ablations import OneStepObjective, UniformEpsObjective, UniformX0Objective
 from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan
 from nnunet_unisegdiff.model.pipelines import PAPER_PSEUDO_PIXELS, PAPER_SAMPLER
+from nnunet_unisegdiff.training.augmentation import SegmentationAugmentation
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 __all__ = [  # the trainers only: nnU-Net's trainer folder re-exports these by `import *`
@@ -18,6 +19,7 @@ __all__ = [  # the trainers only: nnU-Net's trainer folder re-exports these by `
     "nnUNetTrainerUniSegDiffOneStep", "nnUNetTrainerUniSegDiffNoDCA", "nnUNetTrainerUniSegDiffNoSTAPLE",
     "nnUNetTrainerUniSegDiffDemo", "nnUNetTrainerDemoBaseline", "nnUNetTrainerUniSegDiffPaper",
     "nnUNetTrainerUniSegDiffInSample", "nnUNetTrainerUniSegDiffConditionNoise",
+    "nnUNetTrainerUniSegDiffConditionMorphology",
 ]
 
 _BASE = nnUNetTrainerUniSegDiff.unisegdiff
@@ -137,3 +139,9 @@ class nnUNetTrainerUniSegDiffInSample(nnUNetTrainerUniSegDiff):
 class nnUNetTrainerUniSegDiffConditionNoise(nnUNetTrainerUniSegDiff):
     """Condition augmentation: Gaussian noise of half a channel's sd on the condition features in phase B."""
     condition_noise = 0.5
+
+
+class nnUNetTrainerUniSegDiffConditionMorphology(nnUNetTrainerUniSegDiff):
+    """Condition augmentation in nnU-Net's cascade style: a random dilation, erosion, opening or closing and a
+    removed connected component of the segmentation the condition features encode, the features following it."""
+    condition_augmentation = SegmentationAugmentation()

@@ -1,6 +1,6 @@
 """Out-of-fold conditions of phase B: the other folds' checkpoints are found (and refused when they trained
 on another fold), no training case is conditioned by a CFENet that trained on it, the trainer's batch
-conditions are the stitched out-of-fold features case by case, and condition noise has the asked size."""
+conditions are the stitched out-of-fold features case by case, augmented when asked."""
 import copy
 import json
 from pathlib import Path
@@ -13,7 +13,7 @@ from test_trainer import Tiny, make, nnunet_dirs  # noqa: F401  (nnunet_dirs: th
 
 from nnunet_unisegdiff.model.cfenet import CFENetTap
 from nnunet_unisegdiff.training import trainer as trainer_module
-from nnunet_unisegdiff.training.augmentation import feature_noise
+from nnunet_unisegdiff.training.augmentation import SegmentationAugmentation, augment_conditions
 from nnunet_unisegdiff.training.out_of_fold import RECORD, assign_condition_folds, cfenet_state_dict, find_other_folds
 
 KEYS = [f"case_{i:03d}" for i in range(20)]
@@ -79,19 +79,6 @@ def test_cfenet_weights_from_either_trainers_checkpoint():
     assert cfenet_state_dict({"network_weights": {"module.encoder.w": w}}) == {"encoder.w": w}
     unisegdiff = {"network_weights": {"cfenet.encoder.w": w, "dnet.x": w, "dnet_trained": torch.tensor(True)}}
     assert cfenet_state_dict(unisegdiff) == {"encoder.w": w}
-
-
-def test_feature_noise_has_the_asked_size_per_channel():
-    g = torch.Generator().manual_seed(0)
-    scale = torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1, 1)
-    planted = [torch.randn(4, 3, 32, 32, generator=g) * scale + 5.0]
-    assert feature_noise(planted, 0.0)[0] is planted[0]
-    noisy = feature_noise(planted, 0.5, torch.Generator().manual_seed(1))[0]
-    added = (noisy - planted[0]).transpose(0, 1).reshape(3, -1)
-    assert torch.allclose(added.std(1), 0.5 * scale.view(3), rtol=0.05)
-    assert torch.allclose(added.mean(1), torch.zeros(3), atol=0.05 * scale.view(3).max())
-    with pytest.raises(ValueError, match="sigma must be >= 0"):
-        feature_noise(planted, -1.0)
 
 
 @pytest.fixture
@@ -179,6 +166,27 @@ def test_in_sample_variant_and_a_missing_model_keep_the_folds_own_conditions(fol
     noisy = t._training_conditions(x, keys)
     own = t.composite.condition(x)[1]
     assert all(n.shape == o.shape and not torch.allclose(n, o) for n, o in zip(noisy, own))
+
+
+def test_condition_augmentation_follows_the_out_of_fold_features(fold_model):
+    """The cascade augmentation acts on the conditions DNet trains on (out of fold here): CFENet's head reads
+    the augmented segmentation of the stitched features, and the phase-B step trains on them."""
+    t, splits, _, _ = fold_model
+    keys = [str(k) for k in splits[0]["train"][:6]]
+    x = torch.randn(len(keys), 3, *t.configuration_manager.patch_size)
+    plain = t._training_conditions(x, keys)
+    t.condition_augmentation = SegmentationAugmentation(p_binary_operator=1, p_per_label=1, p_remove_component=0)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    augmented = t._training_conditions(x, keys)
+    head = t.composite.cfenet.decoder.seg_layers[-1]
+    torch.manual_seed(0)
+    np.random.seed(0)
+    expected = augment_conditions(plain, head, t.condition_augmentation)
+    assert all(torch.equal(a, e) for a, e in zip(augmented, expected))
+    assert not torch.equal(head(augmented[0]).argmax(1), head(plain[0]).argmax(1))
+    out = t.train_step({"data": x, "target": (torch.rand(len(keys), 1, *x.shape[2:]) > .5).long(), "keys": keys})
+    assert np.isfinite(out["loss"])
 
 
 def test_the_cfenet_source_survives_a_checkpoint(fold_model, tmp_path):
