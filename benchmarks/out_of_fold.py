@@ -9,7 +9,8 @@ The split, conversion, budgets and work folder of `accuracy_real.py`. nnUNetTrai
 then on each fold of --unisegdiff-folds UniSegDiff with that fold's nnUNetTrainer as CFENet, once per phase-B
 recipe, at the same budget: `in-sample` (the paper's: the fold's own CFENet on its own training cases),
 `out-of-fold` (each training case by the other fold's CFENet that did not train on it, stitched), and each
-with condition noise (--noise). Each recipe chooses its pipeline on the fold's validation cases as usual.
+with condition noise (--noise) and with nnU-Net's cascade augmentation of the condition (--morphology). Each
+recipe chooses its pipeline on the fold's validation cases as usual.
 
 On the held-out images, in-process, as nnUNetv2_predict exports them: every pipeline of every recipe, each
 recipe's chosen pipeline, CFENet of the fold, nnU-Net's five-fold ensemble (mean of the folds' logits, what
@@ -51,15 +52,19 @@ FAILED_BELOW = 0.5  # a case failed when its Dice (empty rule) is below this
 def recipe_trainers(args) -> dict[str, str]:
     """{recipe: trainer class name}; their classes are appended to the benchmark's trainer module."""
     base = unisegdiff_trainer(args.dnet_epochs[0], args.width)
-    names = {r: f"{base}_{r.replace('-', '')}" for r in RECIPES}
+    modifiers = {"": ""}
     if args.noise:
-        names.update({f"{r} + noise": f"{base}_{r.replace('-', '')}_noise" for r in RECIPES})
-    text = ""
-    for recipe, name in names.items():
-        noise = f"\n    condition_noise = {args.noise}" if recipe.endswith("noise") else ""
-        text += f"\n\nclass {name}({base}):\n    {RECIPES[recipe.split(' + ')[0]]}{noise}\n"
+        modifiers[" + noise"] = f"\n    condition_noise = {args.noise}"
+    if args.morphology:
+        modifiers[" + morphology"] = "\n    condition_augmentation = SegmentationAugmentation()"
+    names, text = {}, "\n\nfrom nnunet_unisegdiff.training.augmentation import SegmentationAugmentation\n"
+    for recipe, line in RECIPES.items():
+        for modifier, extra in modifiers.items():
+            name = f"{base}_{recipe.replace('-', '')}{modifier.replace(' + ', '_')}"
+            names[recipe + modifier] = name
+            text += f"\n\nclass {name}({base}):\n    {line}{extra}\n"
     module = args.work_dir / "trainers" / "accuracy_trainers.py"
-    if f"class {next(iter(names.values()))}(" not in module.read_text():
+    if any(f"class {name}(" not in module.read_text() for name in names.values()):
         module.write_text(module.read_text() + text)
     return names
 
@@ -202,6 +207,8 @@ def main(argv=None) -> int:
                     help="nnUNetTrainer's folds: the other folds' CFENets and nnU-Net's fold ensemble")
     ap.add_argument("--unisegdiff-folds", type=int, nargs="+", default=[0])
     ap.add_argument("--noise", type=float, default=0.5, help="condition noise of the '+ noise' recipes (0: none)")
+    ap.add_argument("--morphology", action="store_true",
+                    help="also the '+ morphology' recipes: nnU-Net's cascade augmentation of the condition")
     ap.add_argument("--parallel", type=int, default=2, help="trainings at a time")
     args = ap.parse_args(argv)
     work, device, source = start(ap, args, NAME, split=0, baseline_folds=[0, 1], unisegdiff_folds=[0], noise=0.0,
