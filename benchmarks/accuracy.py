@@ -95,9 +95,12 @@ def run(cmd: list[str], env: dict, log: Path) -> None:
 
 
 def nnunet_env(work: Path, trainer_dir: Path) -> dict:
+    """nnU-Net's variables for a run in `work`; its export and metric pools 2 processes unless already set
+    (each spawned worker imports nnU-Net and torch again)."""
     env = dict(os.environ)
     env.update(nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
-               nnUNet_results=str(work / "results"), nnUNet_compile="0", nnUNet_def_n_proc="2",
+               nnUNet_results=str(work / "results"), nnUNet_compile="0",
+               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "2"),
                nnUNet_extTrainer=os.pathsep.join([str(TRAINER_DIR), str(trainer_dir)]))
     return env
 

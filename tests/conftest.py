@@ -11,7 +11,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_unisegdiff.model.plans import tiny_plans
 
 os.environ.setdefault("nnUNet_compile", "0")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# nnU-Net's export and metric pools spawn workers that import nnU-Net and torch again: one each is enough for
+# tiny data (the subprocesses of the end-to-end and smoke runs inherit this)
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+# under pytest-xdist every worker has a core of its own
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture
