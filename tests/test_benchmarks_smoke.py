@@ -152,6 +152,20 @@ def check_choice_rules(results):
     assert {r["rule"] for r in results["summary"]} == {r["rule"] for r in results["per_run"]}
 
 
+def check_kvasir_check(results):
+    download, labels, sizes, masks = results["download"], results["labels"], results["sizes"], results["masks"]
+    assert download["pairs"] == labels["pairs_checked"] == results["conversion"]["cases_written"] == 4
+    assert download["bboxes_entries"] == 4 and not download["pairs_without_bboxes"] and not download["odd_names"]
+    assert labels["pairs_not_converted"] == [] and labels["mismatching_files"] == {}
+    assert labels["mismatching_pixels"] == 0 < labels["foreground_pixels"] < labels["pixels_checked"]
+    assert results["images"]["mismatching_files"] == {} and results["images"]["mismatching_pixels"] == 0
+    assert all(sizes[k] == [] for k in ("image_vs_mask", "image_vs_bboxes", "written_image_vs_label",
+                                        "written_vs_original"))
+    assert sizes["distinct"] == 4 and results["boxes"]["boxes"] == 4 and results["boxes"]["outside_image"] == []
+    assert masks["files_with_residue"] == 4 and masks["empty"] == [] == masks["channels_differ"]  # JPEG rings, no more
+    assert masks["background_max"] < 128 <= masks["foreground_min"]
+
+
 def check_pooled_choice(results):
     assert set(results["own_choice"]) == {str(f) for f in results["folds"]}
     assert set(results["own_choice"].values()) <= PIPELINES
