@@ -94,6 +94,11 @@ def run(cmd: list[str], env: dict, log: Path) -> None:
     run_logged([console_script(cmd[0]), *cmd[1:]], env, log)
 
 
+def plan_processes(env: dict) -> list[str]:
+    """nnUNetv2_plan_and_preprocess's process options: as many as nnU-Net's own pools get in `env`."""
+    return ["-np", env["nnUNet_def_n_proc"], "-npfp", env["nnUNet_def_n_proc"]]
+
+
 def nnunet_env(work: Path, trainer_dir: Path) -> dict:
     """nnU-Net's variables for a run in `work`; its export and metric pools 2 processes unless already set
     (each spawned worker imports nnU-Net and torch again)."""
@@ -118,7 +123,7 @@ def train_seed(seed: int, args, work: Path) -> dict:
                                       seed=10_000 + seed, empty_fraction=args.empty_fraction,
                                       preprocessed_root=work / "preprocessed", overwrite=True)
         harden(raw, args.contrast, args.noise, seed)
-        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", *plan_processes(env)], env,
             logs / "plan.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
     out = {"raw": raw, "dataset_id": dataset_id, **train_fold(raw, dataset_id, env, args, logs)}

@@ -33,6 +33,7 @@ from accuracy import (
     aggregate,
     case_scores,
     nnunet_env,
+    plan_processes,
     predict_cli,
     print_rows,
     run,
@@ -147,7 +148,7 @@ def prepare_split(split: int, args, work: Path, source: Path) -> dict:
     train, test, class_of = stratified_split(source, args.converter, args.num_train, args.num_test, 1000 + split)
     if not (args.reuse and (work / "preprocessed" / raw.name / "nnUNetPlans.json").is_file()):
         raw = write_split(source, work, dataset_id, name, train, test)
-        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2", "-npfp", "2"], env,
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", *plan_processes(env)], env,
             logs / "plan.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
     return {"raw": raw, "dataset_id": dataset_id, "class_of": class_of, "env": env, "logs": logs}
