@@ -22,8 +22,7 @@ from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
 from nnunet_unisegdiff.diffusion.fusion import probabilities_to_logits
 from nnunet_unisegdiff.evaluation.tasks import load_sources
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
-from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.pipelines import PIPELINES, pipeline_probabilities
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 

@@ -41,8 +41,7 @@ from nnunet_unisegdiff.diffusion.fusion import TEMPER_CAP, fuse_masks, temper_by
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.failure_metrics import CalibrationAccumulator, aurc, auroc, dice, mean_pairwise_dice
 from nnunet_unisegdiff.evaluation.uncertainty import entropy_map
-from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.pipelines import PIPELINES, pipeline_probabilities
 
 NAME = "draw_agreement"
 SCORES = ("confidence", "entropy", "tta_agreement", "draws_pairwise", "draws_pairwise_x0", "draws_pairwise_eps",

@@ -39,8 +39,7 @@ from nnunet_unisegdiff.diffusion.fusion import temper_by_draws
 from nnunet_unisegdiff.evaluation.confidence import case_confidence
 from nnunet_unisegdiff.evaluation.failure_metrics import aurc, auroc, mean_pairwise_dice
 from nnunet_unisegdiff.evaluation.failure_metrics import dice as failure_dice
-from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
-from nnunet_unisegdiff.model.settings import PIPELINES, tempers
+from nnunet_unisegdiff.model.pipelines import PIPELINES, pipeline_probabilities, tempers
 from nnunet_unisegdiff.training.selection import PIPELINE_RECORD, validation_cases
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 

@@ -210,7 +210,7 @@ def test_pooled_choice_scores_each_pipeline_as_the_network_exports_it(draw_agree
     output. Equal up to a per-pixel constant (softmax-equal), tempered or not, for every pipeline."""
     import pooled_choice  # in experiments/, on the path the fixture added
 
-    from nnunet_unisegdiff.model.settings import PIPELINES
+    from nnunet_unisegdiff.model.pipelines import PIPELINES
 
     predictor, cases = draw_agreement.smoke_cases(torch.device("cpu"))
     net, (_, x, _) = predictor.network, cases[1]

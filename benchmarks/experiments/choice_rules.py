@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from _common import add_smoke_arg, apply_smoke, meta, print_table, write_json
 
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.pipelines import PIPELINES
 from nnunet_unisegdiff.training.selection import (
     CONFIDENCE,
     MARGIN,

@@ -42,8 +42,7 @@ from accuracy_real import add_real_args, prepare_split, start
 from tqdm import tqdm
 
 from nnunet_unisegdiff.diffusion.fusion import probabilities_to_logits
-from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
-from nnunet_unisegdiff.model.settings import PIPELINES, tempers
+from nnunet_unisegdiff.model.pipelines import PIPELINES, pipeline_probabilities, tempers
 from nnunet_unisegdiff.training.override import POOLED_RECORD
 from nnunet_unisegdiff.training.selection import PIPELINE_RECORD
 

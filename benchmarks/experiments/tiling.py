@@ -26,9 +26,9 @@ from _common import apply_smoke, meta, print_table, write_json
 from draw_agreement import add_model_args, load_cases
 
 from nnunet_unisegdiff.evaluation.failure_metrics import dice
+from nnunet_unisegdiff.model.pipelines import DRAW_PIPELINES
 
 NAME = "tiling"
-PIPELINES = ("diffusion", "diffusion+cfenet", "cfenet-gated")  # the ones `free` tempers
 
 
 @torch.no_grad()
@@ -48,7 +48,7 @@ def measure(predictor, cases: list, pairs: int) -> list[dict]:
     cover = tile_cover(predictor, tuple(stitched[0][0].shape[2:]))  # (H, 2W)
     halves = (np.s_[:, :width], np.s_[:, width:])
     settings, rows = net.settings, []
-    for pipeline in PIPELINES:
+    for pipeline in DRAW_PIPELINES:  # the ones `free` tempers
         segs = {}
         for mode in ("off", "on"):
             net.set_settings(replace(settings, pipeline=pipeline, temper_with_draws=mode))

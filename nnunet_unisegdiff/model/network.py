@@ -28,9 +28,9 @@ from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.model.cfenet import CFENetTap
 from nnunet_unisegdiff.model.denoiser import Denoiser
 from nnunet_unisegdiff.model.dnet import DNet
-from nnunet_unisegdiff.model.pipelines import pipeline_probabilities
+from nnunet_unisegdiff.model.pipelines import pipeline_probabilities, tempers
 from nnunet_unisegdiff.model.settings import (ARCHITECTURE_FIELDS, SETTINGS_FORMAT, UniSegDiffSettings,
-                                              settings_from_dict, settings_to_dict, tempers)
+                                              settings_from_dict, settings_to_dict)
 
 __all__ = ["UniSegDiffNetwork", "UniSegDiffSettings", "build_cfenet", "build_unisegdiff_network"]
 log = logging.getLogger("nnunet_unisegdiff")

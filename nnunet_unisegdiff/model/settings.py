@@ -8,12 +8,10 @@ from typing import Any
 
 from nnunet_unisegdiff.diffusion.sampling_plans import PLANS, DDIMPlan, OneStepPlan, SamplingPlan, StagedPlan
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
+from nnunet_unisegdiff.model.pipelines import PIPELINES
 
-# the inference pipelines a network can run (model/pipelines.py); "diffusion" = its own sampler + fusion
-PIPELINES = ("cfenet", "rs", "diffusion", "paper", "diffusion+cfenet", "cfenet-gated")
-DRAW_PIPELINES = ("diffusion", "diffusion+cfenet", "cfenet-gated")  # built on the network's own 20 draws
-# when the exported probabilities are tempered by the draws (diffusion/fusion.py temper_by_draws): never; when
-# the pipeline samples the draws anyway (DRAW_PIPELINES, at no cost); always (cfenet, rs, paper: 12 more DNet calls)
+# when the exported probabilities are tempered by the draws (model/pipelines.py `tempers`): never; when the
+# pipeline is built on the draws anyway (at no cost); always (cfenet, rs, paper: 12 more DNet calls)
 TEMPER_MODES = ("off", "free", "on")
 ARCHITECTURE_FIELDS = ("dnet_width", "token_budget", "use_dca")  # fixed by the weights' shapes and layout
 # The record's layout. 3: with temper_with_draws. 2 (read, not written): the sampler as {"kind": plan kind,
@@ -35,7 +33,7 @@ class UniSegDiffSettings:
     fusion: str = "staple"           # or "vote" (no-STAPLE ablation)
     staple_pseudo_pixels: float | None = 0.03  # STAPLE's rate prior, fraction of pixels (None: paper, 1 pixel)
     seed: int | None = 0             # noise seed per forward call: predictions are reproducible
-    pipeline: str = "diffusion"      # what eval forward returns (one of PIPELINES); the trainer may choose
+    pipeline: str = "diffusion"      # what eval forward returns (model/pipelines.py); the trainer may choose
     temper_with_draws: str = "free"  # exported probabilities shrunk where the draws disagree (TEMPER_MODES)
 
     def __post_init__(self) -> None:
@@ -49,12 +47,6 @@ class UniSegDiffSettings:
         if not isinstance(self.sampler, SamplingPlan):
             raise TypeError(f"sampler must be a sampling plan ({', '.join(p.__name__ for p in PLANS.values())}), "
                             f"got {self.sampler!r}")
-
-
-def tempers(settings: UniSegDiffSettings) -> bool:
-    """Whether a network with these settings exports its pipeline's probabilities tempered by the draws."""
-    mode = settings.temper_with_draws
-    return mode == "on" or (mode == "free" and settings.pipeline in DRAW_PIPELINES)
 
 
 def settings_to_dict(settings: UniSegDiffSettings) -> dict[str, Any]:

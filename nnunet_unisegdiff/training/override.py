@@ -24,14 +24,13 @@ from pathlib import Path
 import torch
 
 from nnunet_unisegdiff.model.network import EXTRA_STATE_KEY
+from nnunet_unisegdiff.model.pipelines import PIPELINES, tempers
 from nnunet_unisegdiff.model.settings import (
-    PIPELINES,
     SETTINGS_FORMAT,
     TEMPER_MODES,
     UniSegDiffSettings,
     settings_from_dict,
     settings_to_dict,
-    tempers,
 )
 from nnunet_unisegdiff.training.selection import (
     CONFIDENCE,

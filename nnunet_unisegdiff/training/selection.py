@@ -23,6 +23,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_unisegdiff.dice import dice
+from nnunet_unisegdiff.model.pipelines import INFERENCE_PIPELINES
 
 PIPELINE_RECORD = "inference_pipeline.json"  # in the fold folder
 MARGIN = 0.5         # Dice points a DNet pipeline must gain over CFENet on validation
@@ -33,8 +34,10 @@ BOOTSTRAP_CHUNK = 1 << 20  # resampled case indices held at once
 
 def mirroring_axes(pipeline: str, plan_axes: Sequence[int] | None, dnet_mirroring: bool) -> tuple[int, ...] | None:
     """The test-time mirroring axes a checkpoint records for its pipeline: the plan's (nnU-Net's default) for
-    CFENet alone, none for a DNet pipeline unless the trainer mirrors those too."""
-    if plan_axes is None or not (pipeline == "cfenet" or dnet_mirroring):
+    CFENet alone (a registered pipeline that does not call DNet), none for a DNet pipeline or one not chosen
+    yet ("auto") unless the trainer mirrors those too."""
+    cfenet_alone = pipeline in INFERENCE_PIPELINES and not INFERENCE_PIPELINES[pipeline].calls_dnet
+    if plan_axes is None or not (cfenet_alone or dnet_mirroring):
         return None
     return tuple(plan_axes)
 

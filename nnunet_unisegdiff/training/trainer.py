@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_unisegdiff.diffusion.staged import Stage, StagedObjective, phase_b_loss
 from nnunet_unisegdiff.model.network import (UniSegDiffNetwork, UniSegDiffSettings, build_cfenet,
                                              build_unisegdiff_network)
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.pipelines import PIPELINES
 from nnunet_unisegdiff.training.augmentation import SegmentationAugmentation, augment_conditions, feature_noise
 from nnunet_unisegdiff.training.log_messages import PHASE_B_START
 from nnunet_unisegdiff.training.out_of_fold import (OutOfFoldConditions, assign_condition_folds, cfenet_state_dict,

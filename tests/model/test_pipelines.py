@@ -8,8 +8,14 @@ from nnunet_unisegdiff.diffusion.fusion import fuse_masks, probabilities_to_logi
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
-from nnunet_unisegdiff.model.pipelines import PAPER_SAMPLER, exported_map, gate_components, pipeline_probabilities
-from nnunet_unisegdiff.model.settings import DRAW_PIPELINES, PIPELINES
+from nnunet_unisegdiff.model.pipelines import (
+    DRAW_PIPELINES,
+    PAPER_SAMPLER,
+    PIPELINES,
+    exported_map,
+    gate_components,
+    pipeline_probabilities,
+)
 
 SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2))
 

@@ -14,8 +14,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, OneStepPlan, StagedPlan
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.model.network import UniSegDiffSettings
+from nnunet_unisegdiff.model.pipelines import PIPELINES
 from nnunet_unisegdiff.model.plans import tiny_plans
-from nnunet_unisegdiff.model.settings import PIPELINES, SETTINGS_FORMAT, settings_from_dict, settings_to_dict
+from nnunet_unisegdiff.model.settings import SETTINGS_FORMAT, settings_from_dict, settings_to_dict
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 TRAINED = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2, dr_head="eps"),

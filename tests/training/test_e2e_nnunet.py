@@ -14,7 +14,7 @@ import torch
 from skimage.io import imread
 
 from nnunet_unisegdiff.conversion.synthetic import write_synthetic_dataset
-from nnunet_unisegdiff.model.settings import PIPELINES
+from nnunet_unisegdiff.model.pipelines import PIPELINES
 from nnunet_unisegdiff.nnunet_ext import TRAINER_DIR
 
 DATASET_ID = 971
