@@ -1,5 +1,7 @@
-"""The inference pipelines a network can run: one CFENet pass shared, each pipeline what its name says."""
+"""The inference pipelines a network can run: one CFENet pass shared, each pipeline what its name says, each
+registered with the pieces the rest of the package reads."""
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,14 +12,18 @@ from nnunet_unisegdiff.diffusion.sampling_plans import StagedPlan
 from nnunet_unisegdiff.model.network import UniSegDiffSettings, build_unisegdiff_network
 from nnunet_unisegdiff.model.pipelines import (
     DRAW_PIPELINES,
+    INFERENCE_PIPELINES,
     PAPER_SAMPLER,
     PIPELINES,
+    InferencePipeline,
+    PipelineInputs,
     exported_map,
     gate_components,
     pipeline_probabilities,
 )
 
 SMALL = UniSegDiffSettings(dnet_width=0.5, token_budget=64, sampler=StagedPlan(draws_per_branch=2))
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
@@ -26,6 +32,67 @@ def net(plan_2d):
     n = build_unisegdiff_network(*plan_2d, 3, 2, False, SMALL)
     n.dnet_trained.fill_(True)
     return n.eval()
+
+
+def test_the_registry_holds_the_pipelines_in_the_order_the_choice_uses():
+    """Pinned: the names are what checkpoints record, the order is the trainer's candidates' (ties go to the
+    first), the draw pipelines are the ones "free" tempers, CFENet alone keeps nnU-Net's mirroring."""
+    from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
+
+    assert PIPELINES == ("cfenet", "rs", "diffusion", "paper", "diffusion+cfenet", "cfenet-gated")
+    assert DRAW_PIPELINES == ("diffusion", "diffusion+cfenet", "cfenet-gated")
+    assert [name for name, p in INFERENCE_PIPELINES.items() if not p.calls_dnet] == ["cfenet"]
+    assert nnUNetTrainerUniSegDiff.pipeline_candidates == PIPELINES
+    for name in PIPELINES:
+        assert UniSegDiffSettings(pipeline=name).pipeline == name
+
+
+def test_every_pipeline_type_is_registered_once_under_its_name_with_a_description():
+    types = [type(p) for p in INFERENCE_PIPELINES.values()]
+    assert sorted(types, key=str) == sorted(InferencePipeline.__subclasses__(), key=str)  # none left out
+    assert all(name == p.name for name, p in INFERENCE_PIPELINES.items())  # so no name was registered twice
+    texts = [p.describe(UniSegDiffSettings(pipeline=name)) for name, p in INFERENCE_PIPELINES.items()]
+    assert all(t and "\n" not in t for t in [*texts, *(p.description for p in INFERENCE_PIPELINES.values())])
+    assert len(set(texts)) == len(texts)
+
+
+def test_the_readme_lists_every_pipeline_in_the_registry_order():
+    section = README.read_text().split("## Inference pipelines\n", 1)[1].split("\n## ", 1)[0]
+    listed = [line.split("`")[1] for line in section.splitlines() if line.startswith("- `")]
+    assert tuple(listed) == PIPELINES
+
+
+class _WatchedInputs(PipelineInputs):
+    """PipelineInputs that note whether a pipeline read the network's draws."""
+    read_draws = False
+
+    @property
+    def draws(self):
+        self.read_draws = True
+        return self._draws
+
+    @draws.setter
+    def draws(self, value):
+        self._draws = value
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_each_pipeline_alone_is_what_it_declares(net, name):
+    """Alone, each pipeline gives what it gives among all; it calls DNet and reads the draws as it declares."""
+    pipeline, x = INFERENCE_PIPELINES[name], torch.randn(1, 3, 32, 32)
+    together = pipeline_probabilities(net, x, PIPELINES)[name]
+    dnet_calls = []
+    hook = net.dnet.register_forward_hook(lambda *_: dnet_calls.append(1))
+    try:
+        alone = pipeline_probabilities(net, x, [name])[name]
+    finally:
+        hook.remove()
+    assert torch.equal(alone, together)
+    assert bool(dnet_calls) == pipeline.calls_dnet
+    logits, cond = net.condition(x)
+    inputs = _WatchedInputs(net, x, logits, cond, net.sample(x, cond=cond).masks)
+    assert torch.equal(pipeline.probabilities(inputs), together)
+    assert inputs.read_draws == pipeline.uses_draws
 
 
 def test_every_pipeline_gives_class_probabilities(net):

@@ -189,6 +189,7 @@ def test_mirroring_follows_the_pipeline():
     assert mirroring_axes("diffusion", [0, 1], dnet_mirroring=False) is None
     assert mirroring_axes("diffusion", [0, 1], dnet_mirroring=True) == (0, 1)
     assert mirroring_axes("cfenet", None, dnet_mirroring=True) is None  # a plan without mirroring
+    assert mirroring_axes("auto", [0, 1], dnet_mirroring=False) is None  # not chosen yet: as a DNet pipeline
 
 
 def test_pooled_table_is_the_table_of_all_cases():
