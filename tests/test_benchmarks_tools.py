@@ -227,3 +227,31 @@ def test_pooled_choice_scores_each_pipeline_as_the_network_exports_it(draw_agree
             net.set_settings(replace(net.settings, pipeline=name))
             forward = net(x)[0]  # (C, H, W)
             assert torch.allclose(exported[name].softmax(0), forward.softmax(0), atol=1e-6), (temper, name)
+
+
+def test_out_of_fold_recipes_are_trainer_classes_with_their_conditions(monkeypatch, tmp_path):
+    """out_of_fold.py's recipes: one trainer class each, appended once to the benchmark's trainer module, with
+    the phase-B attributes the recipe names."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import argparse
+
+    import accuracy
+    import out_of_fold
+
+    from nnunet_unisegdiff.training.augmentation import SegmentationAugmentation
+    args = argparse.Namespace(epochs_cfenet=1, dnet_epochs=[2], iterations=2, val_iterations=1, width=0.25, lr=3e-3,
+                              token_budget=64, threads=1, device="cpu", noise=0.5, morphology=True,
+                              work_dir=tmp_path)
+    module = accuracy.write_trainers(tmp_path / "trainers", args)
+    names = out_of_fold.recipe_trainers(args)
+    assert out_of_fold.recipe_trainers(args) == names and module.read_text().count(f"class {names['in-sample']}(") == 1
+    assert set(names) == {f"{r}{m}" for r in ("in-sample", "out-of-fold") for m in ("", " + noise", " + morphology")}
+    spec = {}
+    exec(compile(module.read_text(), str(module), "exec"), spec)
+    for recipe, name in names.items():
+        trainer = spec[name]
+        assert trainer.out_of_fold_conditions == recipe.startswith("out-of-fold"), recipe
+        assert trainer.condition_noise == (0.5 if recipe.endswith("noise") else 0.0), recipe
+        expected = SegmentationAugmentation() if recipe.endswith("morphology") else None
+        assert trainer.condition_augmentation == expected, recipe
+        assert trainer.num_epochs_dnet == 2
