@@ -119,14 +119,16 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
 
     # ---- set-up and phases -------------------------------------------------------------------------
     def _do_i_compile(self) -> bool:
-        return False  # the composite's sampling loop stays eager; DNet alone is compiled in initialize
+        """nnU-Net compiles `self.network` when this says so: never the composite, whose sampling loop and
+        CFENet tap stay eager; `initialize` compiles DNet alone where nnU-Net's own rule would compile."""
+        return False
 
     def initialize(self) -> None:
         super().initialize()
         self.composite = _unwrap(self.network)
         # tells `-pretrained_weights` (loaded into CFENet after this) apart from a fresh CFENet
         self._cfenet_fingerprint = next(self.composite.cfenet.parameters()).detach().clone()
-        if nnUNetTrainer._do_i_compile(self):
+        if super()._do_i_compile():  # nnU-Net's rule (or that of a trainer variant mixed in after this class)
             self.print_to_log_file("Compiling DNet (the sampling loop and CFENet's feature tap stay eager)")
             self.composite.dnet.compile()
         self._enter_phase("A" if self.current_epoch < self.num_epochs_cfenet else "B")

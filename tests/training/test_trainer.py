@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_unisegdiff.diffusion.sampler import StagedSampler
 from nnunet_unisegdiff.diffusion.sampling_plans import DDIMPlan, StagedPlan
 from nnunet_unisegdiff.diffusion.schedule import linear_alphas_cumprod, split_prediction
 from nnunet_unisegdiff.diffusion.settings import DiffusionSettings
 from nnunet_unisegdiff.diffusion.staged import StagedObjective
+from nnunet_unisegdiff.model.dnet import DNet
 from nnunet_unisegdiff.model.plans import tiny_plans
 from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV, nnUNetTrainerUniSegDiff
 from nnunet_unisegdiff.training.variants import (
@@ -392,3 +394,23 @@ def test_phase_a_takes_nnunets_optimizer_hook_so_optimizer_variants_apply(nnunet
     assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == \
         {id(p) for p in t.composite.dnet.parameters()}
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(Tiny.dnet_lr)
+
+
+def test_dnet_alone_is_compiled_where_nnunets_rule_compiles(nnunet_dirs, monkeypatch):
+    """nnU-Net never compiles the composite (its sampling loop stays eager); DNet is compiled where the rule
+    next in the trainer's MRO (nnUNetTrainer's, or a mixin's) says nnU-Net would compile."""
+    compiled = []
+    monkeypatch.setattr(DNet, "compile", lambda self, *a, **k: compiled.append(self))
+    make()
+    assert compiled == []  # nnU-Net's rule: never on the CPU
+
+    class NoCompile(nnUNetTrainer):  # an nnU-Net trainer variant, mixed in after UniSegDiff
+        def _do_i_compile(self) -> bool:
+            return False
+
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    t = make()
+    assert compiled == [t.composite.dnet] and not t._do_i_compile()
+    assert not isinstance(t.network, torch._dynamo.eval_frame.OptimizedModule)
+    make(type("TinyMixedIn", (Tiny, NoCompile), {}))  # the variant's rule decides
+    assert len(compiled) == 1
