@@ -17,11 +17,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 # the lint gate (configuration in pyproject.toml), then every test, on up to 4 cores (pytest-xdist)
 test: lint
-	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal --durations=12 tests
 
 # while developing: the tests not marked slow (no end-to-end nnU-Net runs, no DDP)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal -m "not slow" tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
