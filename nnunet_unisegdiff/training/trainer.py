@@ -185,9 +185,12 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         return mirroring_axes(pipeline, self.plan_mirroring_axes, self.inference_mirroring)
 
     def _ensure_stage_log_keys(self) -> None:
-        logs = self.logger.local_logger.my_fantastic_logging
-        for key in STAGE_LOG_KEYS.values():
-            logs.setdefault(key, [np.nan] * len(logs["train_losses"]))
+        """nnU-Net's logger logs only keys it holds: the per-stage losses join its lists (NaN for the epochs
+        before them), through its own checkpoint round trip."""
+        logs = self.logger.get_checkpoint()  # {key: one value per epoch}
+        missing = {key: [np.nan] * len(logs["train_losses"]) for key in STAGE_LOG_KEYS.values() if key not in logs}
+        if missing:
+            self.logger.load_checkpoint({**logs, **missing})
 
     # ---- phase-A reuse of an nnUNetTrainer checkpoint ---------------------------------------------
     def _reusable_cfenet_checkpoint(self) -> str | None:
@@ -215,11 +218,11 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.print_to_log_file(f"Phase A skipped: CFENet weights reused from {checkpoint_file} "
                                f"({checkpoint.get('trainer_name')}, epoch {checkpoint.get('current_epoch')}). "
                                f"Set {CFENET_CHECKPOINT_ENV}=none to train CFENet here instead.")
-        logs = self.logger.local_logger.my_fantastic_logging
         reused_dice = checkpoint.get("_best_ema") or 0.0
-        for key, values in logs.items():  # one entry per skipped epoch keeps nnU-Net's logger aligned
-            fill = reused_dice if key in ("mean_fg_dice", "ema_fg_dice") else np.nan
-            values.extend([fill] * (self.num_epochs_cfenet - len(values)))
+        padded = {key: values + [reused_dice if key in ("mean_fg_dice", "ema_fg_dice") else np.nan] *
+                  (self.num_epochs_cfenet - len(values))  # one entry per skipped epoch keeps the logger aligned
+                  for key, values in self.logger.get_checkpoint().items()}
+        self.logger.load_checkpoint(padded)
         self.current_epoch = self.num_epochs_cfenet
 
     def on_train_start(self) -> None:
@@ -322,7 +325,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         for key in STAGE_LOG_KEYS.values():
             values = [o.get(key, np.nan) for o in train_outputs]
             mean = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
-            self.logger.local_logger.log(key, mean, self.current_epoch)
+            self.logger.log(key, mean, self.current_epoch)
 
     def validation_step(self, batch: dict) -> dict:
         """Phase B: the staged loss at seeded timesteps, and pseudo Dice (which picks checkpoint_best) of
@@ -349,7 +352,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     def on_epoch_end(self) -> None:
         super().on_epoch_end()  # increments current_epoch
         if self.local_rank == 0:
-            plot_stage_losses(self.logger.local_logger.my_fantastic_logging, self.num_epochs_cfenet,
+            plot_stage_losses(self.logger.get_checkpoint(), self.num_epochs_cfenet,
                               join(self.output_folder, "progress_stages.png"), self.objective.diffusion)
         if self.phase == "A" and self.current_epoch == self.num_epochs_cfenet:
             # a crash early in phase B resumes from here rather than from an older checkpoint_best

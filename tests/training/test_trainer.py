@@ -195,6 +195,10 @@ def test_reuses_a_trained_nnunettrainer_as_cfenet_and_skips_phase_a(nnunet_dirs)
     assert all(torch.equal(a, b) for a, b in zip(t.composite.cfenet.state_dict().values(),
                                                   donor.state_dict().values()))
     assert len(t.logger.get_value("train_losses", None)) == Tiny.num_epochs_cfenet
+    # every list of nnU-Net's logger, the per-stage losses included, has one entry per skipped epoch
+    logs = t.logger.get_checkpoint()
+    assert {"train_loss_rs", "train_loss_pm", "train_loss_dr"} <= logs.keys()
+    assert all(len(values) == Tiny.num_epochs_cfenet for values in logs.values())
     assert str(path) in open(t.log_file).read()
     t.on_train_epoch_start()
     t.on_epoch_start()
