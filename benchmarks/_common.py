@@ -171,6 +171,15 @@ def write_json(name: str, meta_: dict, results, path: Path | None = None) -> Pat
     return path
 
 
+def replace_paths(info: dict, placeholders: dict[str, str]) -> dict:
+    """`info` (JSON-able) with each machine path replaced by its placeholder (DOWNLOAD, WORK), longest first so
+    that a folder inside another gets its own name: results files name no path of the machine they ran on."""
+    text = json.dumps(info)
+    for old, new in sorted(placeholders.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(old, new)
+    return json.loads(text)
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """columns: (key, header, format spec) ; missing values print as '-'."""
     cells = [[h for _, h, _ in columns]]

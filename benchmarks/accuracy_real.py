@@ -47,23 +47,30 @@ from accuracy import (
 CONVERTERS = {
     "busi": (["--include-normal"], lambda case: case.split("_")[1]),        # BUSI_benign_0001
     "ebhiseg": ([], lambda case: case.split("_")[2]),                      # EBHISeg_EBHI_Adeno_GT...
+    "polyp": ([], lambda case: case.split("_")[1]),                        # Polyp_Kvasir_cju0qkwl35piu0993l0dewei2
 }
 
 
 def convert_download(args, work: Path) -> Path:
     """The project's converter, then the unified converter's resize; the resized dataset's folder."""
-    raw = work / "source_raw"
-    resized = next(iter(sorted(raw.glob(f"Dataset{args.dataset_id + 1:03d}_*"))), None) if raw.is_dir() else None
-    if resized is not None:
-        return resized
-    options, _ = CONVERTERS[args.converter]
+    return convert_downloads({args.converter: args.download}, args.dataset_id, args.size, work / "source_raw")
+
+
+def convert_downloads(downloads: dict[str, Path], first_id: int, size: int, raw: Path) -> Path:
+    """Each download by its converter (IDs first_id, first_id + 1, ...), then `convert unified --resize SIZE` of
+    them all into ID first_id + len(downloads); that dataset's folder (kept when it already exists)."""
+    unified_id = first_id + len(downloads)
+    done = sorted(raw.glob(f"Dataset{unified_id:03d}_*")) if raw.is_dir() else []
+    if done:
+        return done[0]
     cli = str(BIN / "unisegdiff")
-    for cmd in ([cli, "convert", args.converter, str(args.download), "-d", str(args.dataset_id), "-q", "-o",
-                 str(raw), *options],
-                [cli, "convert", "unified", str(raw), "--datasets", str(args.dataset_id), "--resize",
-                 str(args.size), "-d", str(args.dataset_id + 1), "-q", "-o", str(raw)]):
-        subprocess.run(cmd, check=True)
-    return next(iter(sorted(raw.glob(f"Dataset{args.dataset_id + 1:03d}_*"))))
+    ids = [str(first_id + j) for j in range(len(downloads))]
+    for dataset_id, (converter, download) in zip(ids, downloads.items()):
+        subprocess.run([cli, "convert", converter, str(download), "-d", dataset_id, "-q", "-o", str(raw),
+                        *CONVERTERS[converter][0]], check=True)
+    subprocess.run([cli, "convert", "unified", str(raw), "--datasets", *ids, "--resize", str(size), "-d",
+                    str(unified_id), "-q", "-o", str(raw)], check=True)
+    return sorted(raw.glob(f"Dataset{unified_id:03d}_*"))[0]
 
 
 def write_smoke_download(folder: Path, per_class: int = 6) -> Path:
@@ -88,11 +95,13 @@ def has_lesion(label_file: Path) -> bool:
     return bool(np.asarray(Image.open(label_file)).any())
 
 
-def stratified_split(source: Path, converter: str, num_train: int, num_test: int,
-                     seed: int) -> tuple[list[str], list[str], dict[str, str]]:
+def stratified_split(source: Path, converter: str, num_train: int, num_test: int, seed: int,
+                     task: str | None = None) -> tuple[list[str], list[str], dict[str, str]]:
     """(train cases, held-out cases, class of each case). Strata are (class, lesion-free or not); each
-    stratum gives its share of both sets; a group (patient or case token) goes wholly to one side."""
+    stratum gives its share of both sets; a group (patient or case token) goes wholly to one side. `task`:
+    only the cases of that source (a unified dataset's sources.json names each case's task)."""
     sources = json.loads((source / "sources.json").read_text())
+    sources = {c: info for c, info in sources.items() if task is None or info.get("source") == task}
     class_of = {c: CONVERTERS[converter][1](c) for c in sources}
     stratum = {c: (class_of[c], has_lesion(source / "labelsTr" / f"{c}.png")) for c in sources}
     groups: dict[str, list[str]] = {}
@@ -140,18 +149,24 @@ def write_split(source: Path, work: Path, dataset_id: int, name: str, train: lis
 def prepare_split(split: int, args, work: Path, source: Path) -> dict:
     """One split's dataset, planned and preprocessed (kept with `--reuse`): {"raw", "dataset_id", "class_of",
     "env" (nnU-Net's for training it), "logs"}."""
-    dataset_id = args.first_split_id + split
     name = f"{source.name.split('_', 1)[1]}{args.converter.upper()}Split{split}"
-    env = nnunet_env(work, work / "trainers")
-    logs = work / "logs" / f"split{split}"
-    raw = work / "raw" / f"Dataset{dataset_id:03d}_{name}"
     train, test, class_of = stratified_split(source, args.converter, args.num_train, args.num_test, 1000 + split)
+    return {**prepare_dataset(work, args.first_split_id + split, name, train, test, source, args,
+                              work / "logs" / f"split{split}"), "class_of": class_of}
+
+
+def prepare_dataset(work: Path, dataset_id: int, name: str, train: list[str], test: list[str], source: Path,
+                    args, logs: Path) -> dict:
+    """A raw dataset of these cases of `source` (hard links), planned and preprocessed, kept with `--reuse`:
+    {"raw", "dataset_id", "env" (nnU-Net's for training it), "logs"}."""
+    env = nnunet_env(work, work / "trainers")
+    raw = work / "raw" / f"Dataset{dataset_id:03d}_{name}"
     if not (args.reuse and (work / "preprocessed" / raw.name / "nnUNetPlans.json").is_file()):
         raw = write_split(source, work, dataset_id, name, train, test)
         run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", *plan_processes(env)], env,
             logs / "plan.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
-    return {"raw": raw, "dataset_id": dataset_id, "class_of": class_of, "env": env, "logs": logs}
+    return {"raw": raw, "dataset_id": dataset_id, "env": env, "logs": logs}
 
 
 def train_split(split: int, args, work: Path, source: Path) -> dict:

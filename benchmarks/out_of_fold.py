@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import meta, write_json
+from _common import meta, replace_paths, write_json
 from accuracy import BASELINE, ModelScorer, case_scores, summarize, train_once, unisegdiff_trainer
 from accuracy_real import add_real_args, prepare_split, start
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -223,16 +223,10 @@ def main(argv=None) -> int:
     print(text)
     placeholders = {str(args.download): "DOWNLOAD", str(work): "WORK"}
     info = meta(device, settings={k: str(v) for k, v in vars(args).items()})
-    info = json.loads(_replace(json.dumps(info), placeholders))
+    info = replace_paths(info, placeholders)
     path = write_json(f"{NAME}_{args.converter}_split{args.split}", info, results, args.json)
     path.with_suffix(".md").write_text(f"{args.converter} split {args.split}, chosen {results['chosen']}\n\n{text}")
     return 0
-
-
-def _replace(text: str, placeholders: dict[str, str]) -> str:
-    for old, new in placeholders.items():
-        text = text.replace(old, new)
-    return text
 
 
 if __name__ == "__main__":

@@ -166,12 +166,6 @@ def check_kvasir_check(results):
     assert masks["background_max"] < 128 <= masks["foreground_min"]
 
 
-def check_pooled_choice(results):
-    assert set(results["own_choice"]) == {str(f) for f in results["folds"]}
-    assert set(results["own_choice"].values()) <= PIPELINES
-    assert results["pooled"]["chosen"] in results["pooled"]["table"]
-
-
 def check_shifted_copy(results):
     cases = results["cases"]
     assert sum(results["counts"].values()) == len(cases) > 0
@@ -193,6 +187,26 @@ def check_tiling(results):
     for r in rows:
         assert r["pairs"] == 3 and 0 <= r["moved_outside_overlaps"] <= r["moved"] <= r["pixels"], r
         assert within(r["dice_off"], 0, 100) and within(r["dice_on"], 0, 100), r
+
+
+def check_unified_real(results):
+    rows = {r["row"]: r for r in results["table"]}
+    assert {f"{m}, {mode}" for m in ("nnUNetTrainer", "UniSegDiff") for mode in ("per dataset", "unified")} <= set(rows)
+    split = results["per_split"]["0"]
+    assert set(split["chosen"]) == {"busi", "polyp", "unified"} and set(split["chosen"].values()) <= PIPELINES
+    for task in ("busi", "polyp"):  # the same held-out images of each task in every row
+        assert len({r[task]["cases"] for r in split["rows"].values()}) == 1 and split["rows"][
+            "nnUNetTrainer, unified"][task]["cases"] == 3
+    for r in rows.values():
+        dice = [r[f"{t}_dice"][0] for t in ("busi", "polyp")]
+        assert all(within(d, 0, 100) for d in dice) and r["mean_dice"][0] == pytest.approx(sum(dice) / 2), r
+        assert all(r[f"{t}_iou"][0] <= r[f"{t}_dice"][0] + 1e-9 for t in ("busi", "polyp")), r
+        assert r["busi_false_lesions"][1] == 1  # the smoke's one normal BUSI image held out
+    drop = results["targets"]["drop_per_dataset_to_unified"]
+    for model in ("nnUNetTrainer", "UniSegDiff"):
+        assert drop[model] == pytest.approx(rows[f"{model}, per dataset"]["mean_dice"][0]
+                                            - rows[f"{model}, unified"]["mean_dice"][0])
+    assert results["targets"]["unisegdiff_drops_less"] == (drop["UniSegDiff"] < drop["nnUNetTrainer"])
 
 
 CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}

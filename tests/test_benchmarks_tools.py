@@ -1,11 +1,9 @@
 """Tools in benchmarks/: combine.py (runs made one split at a time combine into the mean of all; runs that
 do not average are refused by name), draw_agreement.py's mirrored copies and its tried tempering rule; and in
 benchmarks/experiments/: choice_rules.py (each rule's choice on a recorded validation table, scored by that
-pipeline's held-out row), shifted_copy.py (a corrupted copy of held-out images, labels unchanged), tiling.py
-(nnU-Net's tiles over a stitched image) and pooled_choice.py (its in-process fold ensemble averages what the
-network exports)."""
+pipeline's held-out row), shifted_copy.py (a corrupted copy of held-out images, labels unchanged) and
+tiling.py (nnU-Net's tiles over a stitched image)."""
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ def combine(monkeypatch):
 @pytest.fixture
 def draw_agreement(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # tiling.py and pooled_choice.py build on draw_agreement.py
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # tiling.py builds on draw_agreement.py
     import draw_agreement
     return draw_agreement
 
@@ -205,30 +203,6 @@ def test_tiling_covers_a_two_patch_image_with_three_tiles_and_predicts_as_the_ne
     assert np.array_equal(tiling.pair_segmentations(predictor, x), expected.numpy())
 
 
-def test_pooled_choice_scores_each_pipeline_as_the_network_exports_it(draw_agreement):
-    """The benchmark's fold ensembles average these maps in-process; nnUNetv2_predict averages the forward's
-    output. Equal up to a per-pixel constant (softmax-equal), tempered or not, for every pipeline."""
-    import pooled_choice  # in experiments/, on the path the fixture added
-
-    from nnunet_unisegdiff.model.pipelines import PIPELINES
-
-    predictor, cases = draw_agreement.smoke_cases(torch.device("cpu"))
-    net, (_, x, _) = predictor.network, cases[1]
-    torch.manual_seed(1)
-    with torch.no_grad():  # untrained, every draw is background; perturbed, the draws disagree on some pixels
-        for weight in net.dnet.parameters():
-            weight.add_(0.3 * torch.randn_like(weight))
-    assert (net.sample(x).masks.float().mean(1) % 1 > 0).any()  # so tempering changes some probabilities
-    for temper in ("free", "on"):
-        net.set_settings(replace(net.settings, temper_with_draws=temper))
-        exported = pooled_choice.exported_log_probabilities(net, x)
-        assert set(exported) == set(PIPELINES)
-        for name in PIPELINES:
-            net.set_settings(replace(net.settings, pipeline=name))
-            forward = net(x)[0]  # (C, H, W)
-            assert torch.allclose(exported[name].softmax(0), forward.softmax(0), atol=1e-6), (temper, name)
-
-
 def test_out_of_fold_recipes_are_trainer_classes_with_their_conditions(monkeypatch, tmp_path):
     """out_of_fold.py's recipes: one trainer class each, appended once to the benchmark's trainer module, with
     the phase-B attributes the recipe names."""
@@ -255,3 +229,46 @@ def test_out_of_fold_recipes_are_trainer_classes_with_their_conditions(monkeypat
         expected = SegmentationAugmentation() if recipe.endswith("morphology") else None
         assert trainer.condition_augmentation == expected, recipe
         assert trainer.num_epochs_dnet == 2
+
+
+def test_unified_real_splits_each_task_as_accuracy_real_splits_it_alone(monkeypatch, tmp_path):
+    """unified_real.py converts every download and merges them with `convert unified --resize`; a task's held-out
+    draw from the merged dataset is the one accuracy_real.py draws from that task converted alone, so both
+    benchmarks hold out the same images. The unified row trains on the union and holds out the union."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import argparse
+
+    import accuracy_real
+    import unified_real
+
+    downloads = unified_real.write_smoke_downloads(tmp_path / "download")
+    merged = accuracy_real.convert_downloads(downloads, 940, 32, tmp_path / "merged")
+    alone = accuracy_real.convert_downloads({"busi": downloads["busi"]}, 960, 32, tmp_path / "alone")
+    sources = json.loads((merged / "sources.json").read_text())
+    assert {info["source"] for info in sources.values()} == {"BUSI", "Polyp"}
+    assert accuracy_real.stratified_split(merged, "busi", 9, 3, 1000, task="BUSI") == \
+        accuracy_real.stratified_split(alone, "busi", 9, 3, 1000)
+    args = argparse.Namespace(downloads=downloads, num_train=8, num_test=3)
+    cases, class_of, task_of = unified_real.split_cases(0, args, merged)
+    assert set(cases) == {"busi", "polyp", unified_real.UNIFIED}
+    for i in (0, 1):  # training, held-out
+        assert set(cases[unified_real.UNIFIED][i]) == set(cases["busi"][i]) | set(cases["polyp"][i])
+    assert not set(cases[unified_real.UNIFIED][0]) & set(cases[unified_real.UNIFIED][1])
+    assert {task_of[c] for c in cases["polyp"][1]} == {"polyp"} and set(class_of) == set(sources)
+
+
+def test_unified_real_downloads_are_named_and_results_name_no_machine_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import argparse
+
+    import unified_real
+    from _common import replace_paths
+    ap = argparse.ArgumentParser()
+    assert unified_real.parse_downloads(["polyp=/d/kvasir", "busi=/d/busi"], ap) == {
+        "busi": Path("/d/busi").resolve(), "polyp": Path("/d/kvasir").resolve()}  # in the table's order
+    for bad in (["busi"], ["covid=/d/c"], []):
+        with pytest.raises(SystemExit):
+            unified_real.parse_downloads(bad, ap)
+    info = {"command": "unified_real.py busi=/w/data busi2=/w/data/busi --work /w", "paths": ["/w/data/busi/x"]}
+    assert replace_paths(info, {"/w": "WORK", "/w/data": "DOWNLOAD", "/w/data/busi": "BUSI"}) == {
+        "command": "unified_real.py busi=DOWNLOAD busi2=BUSI --work WORK", "paths": ["BUSI/x"]}

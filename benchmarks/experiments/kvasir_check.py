@@ -27,7 +27,7 @@ from pathlib import Path
 import _path  # noqa: F401  (first: benchmarks/ on the module path)
 import numpy as np
 import torch
-from _common import add_smoke_arg, apply_smoke, meta, print_table, write_json
+from _common import add_smoke_arg, apply_smoke, meta, print_table, replace_paths, write_json
 from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
@@ -253,12 +253,6 @@ def run_checks(download: Path, work: Path, progress: bool) -> dict:
     return summarise(records, bboxes, load_summary(raw), listing)
 
 
-def _replace(text: str, placeholders: dict[str, str]) -> str:
-    for old, new in sorted(placeholders.items(), key=lambda kv: -len(kv[0])):  # longest first: nested folders
-        text = text.replace(old, new)
-    return text
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("download", type=Path, nargs="?", help="the unpacked Kvasir-SEG folder")
@@ -281,9 +275,8 @@ def main(argv=None) -> int:
         placeholders[str(args.download)] = "DOWNLOAD"
     if args.work is not None:
         placeholders[str(args.work)] = "WORK"
-    results = json.loads(_replace(json.dumps(results), placeholders))
-    info = json.loads(_replace(json.dumps(meta(torch.device("cpu"), settings={"threshold": THRESHOLD, "near": NEAR})),
-                               placeholders))
+    results = replace_paths(results, placeholders)
+    info = replace_paths(meta(torch.device("cpu"), settings={"threshold": THRESHOLD, "near": NEAR}), placeholders)
     rows = table(results)
     print_table(rows, COLUMNS)
     path = write_json(NAME, info, results, args.json)

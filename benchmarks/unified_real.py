@@ -1,0 +1,225 @@
+"""The paper's unified task on real images, Table-3 style: does one model trained on every lesion dataset
+lose accuracy against one model per dataset, and does UniSegDiff lose less than nnU-Net (issue 27)?
+
+    .venv/bin/python benchmarks/unified_real.py busi=DOWNLOAD ebhiseg=DOWNLOAD polyp=DOWNLOAD   # splits 0 1
+    .venv/bin/python benchmarks/unified_real.py --smoke   # tiny fake BUSI and Kvasir-SEG downloads, tiny runs
+
+Each download is converted by the project's converter (BUSI with its normal images, EBHI-Seg's
+Adenocarcinoma, Kvasir-SEG), then all of them together by `convert unified --resize SIZE`. Per split and
+dataset, the stratified held-out draw of `accuracy_real.py` (same seed, so BUSI's and EBHI-Seg's splits are
+that script's). Then per split four nnU-Net datasets: one per task and the unified one (the union of their
+training sets; its held-out images are the same images). On each, fold 0, as in `accuracy_real.py`:
+`nnUNetTrainer`, then UniSegDiff with that model as CFENet (phase B only, the trainer's default recipe) at
+the same budget; nnU-Net's epochs are a number of iterations, so the unified model sees each image a third as
+often, as `nnUNetv2_train` would do. In-process on the held-out images, as nnUNetv2_predict exports them (no
+mirroring): per task mDice and mIoU (per image, Dice of an empty reference counted only when a lesion is
+predicted), their mean, and BUSI's normal images with a false lesion; the paper's Table 3 beside.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import RESULTS, add_smoke_arg, apply_smoke, meta, replace_paths, write_json
+from accuracy import ModelScorer, case_scores, mean_sd, nnunet_env, summarize, train_fold, write_trainers
+from accuracy_real import convert_downloads, prepare_dataset, stratified_split, write_smoke_download
+from PIL import Image
+from tqdm import tqdm
+
+from nnunet_unisegdiff.conversion.synthetic import generate_cases
+
+NAME = "unified_real"
+TASKS = {"busi": "BUSI", "ebhiseg": "EBHISeg", "polyp": "Polyp"}  # converter -> the task `convert unified` records
+UNIFIED = "unified"
+PIPELINE_ROWS = ("diffusion", "paper", "cfenet-gated")  # shown beside the chosen one
+# Paper Table 3 (mDice, mIoU): its BL (BUSI), ADC (EBHI-Seg Adenocarcinoma) and CP (five polyp sets; Kvasir-SEG
+# here) columns, 256 px, 4-fold cross-validation, the paper's own UNet and UniSegDiff.
+PAPER = {
+    "UNet, per dataset": {"busi": (74.9, 65.5), "ebhiseg": (91.6, 85.2), "polyp": (82.6, 75.5)},
+    "UNet, unified": {"busi": (71.1, 61.3), "ebhiseg": (90.2, 83.1), "polyp": (79.6, 71.1)},
+    "UniSegDiff, per dataset": {"busi": (81.9, 73.1), "ebhiseg": (93.0, 87.3), "polyp": (89.0, 82.9)},
+    "UniSegDiff, unified": {"busi": (79.5, 70.4), "ebhiseg": (92.0, 85.9), "polyp": (88.4, 82.4)},
+}
+
+
+def parse_downloads(items: list[str], ap: argparse.ArgumentParser) -> dict[str, Path]:
+    """`converter=folder` arguments -> {converter: folder}, in TASKS' order."""
+    pairs = dict(item.split("=", 1) for item in items if "=" in item)
+    if len(pairs) != len(items) or not pairs or not set(pairs) <= set(TASKS):
+        ap.error(f"give downloads as CONVERTER=FOLDER with CONVERTER in {', '.join(TASKS)}, got {' '.join(items)}")
+    return {c: Path(pairs[c]).resolve() for c in TASKS if c in pairs}
+
+
+def write_smoke_downloads(folder: Path, n: int = 12) -> dict[str, Path]:
+    """Tiny downloads in two releases' layouts, of the synthetic generator's images: BUSI's (with normal images)
+    and Kvasir-SEG's `Kvasir-SEG/{images,masks}/<id>.jpg` (3-channel JPEG masks)."""
+    kvasir = folder / "kvasir" / "Kvasir-SEG"
+    for sub in ("images", "masks"):
+        (kvasir / sub).mkdir(parents=True)
+    for i, case in enumerate(generate_cases(n, size=48, modalities=("endo",), empty_fraction=0.0, seed=7)):
+        mask = np.repeat((case.label > 0)[..., None] * np.uint8(255), 3, axis=2)
+        Image.fromarray(case.image).save(kvasir / "images" / f"cju{i:022d}.jpg", quality=95)
+        Image.fromarray(mask).save(kvasir / "masks" / f"cju{i:022d}.jpg")
+    return {"busi": write_smoke_download(folder / "busi", per_class=n // 3), "polyp": folder / "kvasir"}
+
+
+def split_cases(split: int, args, source: Path) -> tuple[dict[str, tuple], dict[str, str], dict[str, str]]:
+    """({task or UNIFIED: (train cases, held-out cases)}, class of each case, task of each case)."""
+    cases, class_of, task_of = {}, {}, {}
+    for converter in args.downloads:
+        train, test, classes = stratified_split(source, converter, args.num_train, args.num_test, 1000 + split,
+                                                task=TASKS[converter])
+        cases[converter] = train, test
+        class_of.update(classes)
+        task_of.update({c: converter for c in classes})
+    cases[UNIFIED] = tuple(sorted(c for train_test in cases.values() for c in train_test[i]) for i in (0, 1))
+    return cases, class_of, task_of
+
+
+def train(split: int, cases: dict[str, tuple], args, source: Path) -> dict[str, tuple[dict, Path]]:
+    """Per dataset of `cases`, `--parallel` at a time: its nnU-Net dataset (accuracy_real.prepare_dataset), then
+    nnUNetTrainer and UniSegDiff (CFENet = that model) on fold 0; {dataset: (prepared, UniSegDiff's folder)}."""
+    def one(j_key):
+        j, key = j_key
+        name = "Unified" if key == UNIFIED else TASKS[key]
+        d = prepare_dataset(args.work, args.first_split_id + 10 * split + j, f"{name}Split{split}", *cases[key],
+                            source, args, args.work / "logs" / f"split{split}" / key)
+        return key, (d, train_fold(d["raw"], d["dataset_id"], d["env"], args, d["logs"])["models"][args.dnet_epochs[0]])
+    with ThreadPoolExecutor(args.parallel) as pool:
+        return dict(pool.map(one, enumerate(cases)))
+
+
+def score(trained: dict[str, tuple[dict, Path]], class_of: dict[str, str], task_of: dict[str, str],
+          device: torch.device) -> dict:
+    """{"rows": {row: {task: summarize() of that task's held-out images}}, "chosen"}: for each model (per dataset,
+    unified) the nnUNetTrainer row (its CFENet), UniSegDiff's chosen pipeline and PIPELINE_ROWS."""
+    per_row: dict[str, dict[str, list[dict]]] = {}
+    chosen = {}
+    for key, (dataset, model) in trained.items():
+        mode = "unified" if key == UNIFIED else "per dataset"
+        scorer = ModelScorer(model, device)
+        chosen[key] = scorer.net.settings.pipeline
+        raw = dataset["raw"]
+        for image in tqdm(sorted((raw / "imagesTs").glob("*_0000.png")), desc=f"{key} held-out", unit="image"):
+            case = image.name[: -len("_0000.png")]
+            gt = scorer.rw.read_seg(str(raw / "labelsTs" / f"{case}.png"))[0][0]
+            segs, _ = scorer.rows(image)
+            rows = {f"nnUNetTrainer, {mode}": segs["pipeline: cfenet"],
+                    f"UniSegDiff, {mode}": segs["UniSegDiff (chosen pipeline, network forward)"],
+                    **{f"UniSegDiff {p}, {mode}": segs[f"pipeline: {p}"] for p in PIPELINE_ROWS}}
+            for name, seg in rows.items():
+                per_row.setdefault(name, {}).setdefault(task_of[case], []).append(
+                    {"case": case, "entropy": float("nan"), **case_scores(seg.reshape(gt.shape), gt, scorer.labels)})
+    return {"rows": {name: {task: {**summarize(r, {c["case"]: class_of[c["case"]] for c in r}), "cases": len(r)}
+                            for task, r in tasks.items()} for name, tasks in per_row.items()}, "chosen": chosen}
+
+
+def table(per_split: dict[int, dict], tasks: list[str]) -> list[dict]:
+    """Table-3 rows, mean ± sd over the splits: per task mDice / mIoU, their mean, BUSI's false lesions."""
+    out = []
+    for name in next(iter(per_split.values()))["rows"]:
+        runs = [s["rows"][name] for s in per_split.values()]
+        row = {"row": name}
+        for t in tasks:
+            for metric in ("dice", "iou"):
+                row[f"{t}_{metric}"] = mean_sd([r[t][f"{metric}_all"] for r in runs])
+        for metric in ("dice", "iou"):
+            row[f"mean_{metric}"] = mean_sd([float(np.mean([r[t][f"{metric}_all"] for t in tasks])) for r in runs])
+        if "busi" in tasks:
+            row["busi_false_lesions"] = (float(np.mean([r["busi"]["false_lesions"] for r in runs])),
+                                         runs[0]["busi"]["lesion_free"])
+        out.append(row)
+    return out
+
+
+def targets(rows: list[dict]) -> dict:
+    """Issue 27's two targets on the mean mDice over tasks."""
+    dice = {r["row"]: r["mean_dice"][0] for r in rows}
+    drop = {m: dice[f"{m}, per dataset"] - dice[f"{m}, unified"] for m in ("nnUNetTrainer", "UniSegDiff")}
+    return {"drop_per_dataset_to_unified": drop,
+            "unisegdiff_drops_less": drop["UniSegDiff"] < drop["nnUNetTrainer"],
+            "unisegdiff_unified_at_least_nnunet_unified": dice["UniSegDiff, unified"] >= dice["nnUNetTrainer, unified"]}
+
+
+def markdown(rows: list[dict], tasks: list[str]) -> str:
+    head = "| row | " + " | ".join(f"{TASKS[t]} mDice | {TASKS[t]} mIoU" for t in tasks) + \
+        " | mean mDice | mean mIoU | BUSI normal imgs with a false lesion |"
+    lines = [head, "|---" + "|---:" * (2 * len(tasks) + 3) + "|"]
+    for r in rows:
+        cells = [f"{r[f'{t}_{m}'][0]:.1f} ± {r[f'{t}_{m}'][1]:.1f}" for t in tasks for m in ("dice", "iou")]
+        cells += [f"{r[f'mean_{m}'][0]:.1f}" for m in ("dice", "iou")]
+        fl = r.get("busi_false_lesions")
+        cells.append(f"{fl[0]:.1f} / {fl[1]}" if fl else "-")
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    for name, cols in PAPER.items():
+        cells = [f"{cols[t][k]:.1f}" for t in tasks for k in (0, 1)]
+        cells += [f"{np.mean([cols[t][k] for t in tasks]):.1f}" for k in (0, 1)] + ["-"]
+        lines.append(f"| paper: {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("downloads", nargs="*", help="CONVERTER=FOLDER, CONVERTER one of " + ", ".join(TASKS))
+    ap.add_argument("--splits", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--num-train", type=int, default=160, help="training images per dataset and split")
+    ap.add_argument("--num-test", type=int, default=120, help="held-out images per dataset and split")
+    ap.add_argument("--size", type=int, default=64, help="`convert unified --resize` (CPU-sized)")
+    ap.add_argument("--epochs-cfenet", type=int, default=40)
+    ap.add_argument("--dnet-epochs", type=int, nargs=1, default=[20])
+    ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--val-iterations", type=int, default=5)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--token-budget", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--dataset-id", type=int, default=940, help="first converted dataset ID")
+    ap.add_argument("--parallel", type=int, default=2, help="datasets trained at a time")
+    ap.add_argument("--work", type=Path, default=RESULTS / "unified_real_work")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--reuse", action="store_true", help="keep conversions and finished trainings in --work")
+    ap.add_argument("--json", type=Path, default=None)
+    add_smoke_arg(ap)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{NAME}_smoke_"))
+        apply_smoke(args, NAME, downloads=[f"{c}={p}" for c, p in write_smoke_downloads(tmp / "download").items()],
+                    splits=[0], num_train=8, num_test=3, size=32, epochs_cfenet=1, dnet_epochs=[1], iterations=2,
+                    val_iterations=1, work=tmp / "work")
+    args.downloads = parse_downloads(args.downloads, ap)
+    args.first_split_id = args.dataset_id + 10
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads or 1)
+    if args.work.exists() and not args.reuse:
+        shutil.rmtree(args.work)
+    write_trainers(args.work / "trainers", args)
+    os.environ.update(nnunet_env(args.work, args.work / "trainers"))  # the predictor finds the trainers
+    source = convert_downloads(args.downloads, args.dataset_id, args.size, args.work / "source_raw")
+    tasks = list(args.downloads)
+    per_split = {}
+    for split in args.splits:
+        print(f"split {split}: {', '.join(tasks)} and unified; nnUNetTrainer, UniSegDiff", flush=True)
+        cases, class_of, task_of = split_cases(split, args, source)
+        per_split[split] = score(train(split, cases, args, source), class_of, task_of, device)
+    rows = table(per_split, tasks)
+    results = {"per_split": per_split, "table": rows, "targets": targets(rows), "paper": PAPER}
+    text = markdown(rows, tasks) + "\n" + json.dumps(results["targets"], indent=1) + "\n"
+    print(text)
+    placeholders = {**{str(p): f"DOWNLOAD_{c.upper()}" for c, p in args.downloads.items()},
+                    str(args.work.resolve()): "WORK"}
+    info = replace_paths(meta(device, settings={k: str(v) for k, v in vars(args).items()}), placeholders)
+    path = write_json(NAME, info, results, args.json)
+    path.with_suffix(".md").write_text(f"Held-out images, splits {args.splits}, mean ± sd\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
