@@ -37,9 +37,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_unisegdiff.training.trainer import nnUNetTrainerUniSegDiff
 
 SAVE_EVERY = 5  # checkpoint_latest every 5 epochs (nnU-Net: 50), so `--reuse` continues a run cut short
+{smoke_class}
 
-
-class {baseline}(nnUNetTrainer):
+class {baseline}({smoke}nnUNetTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if {threads}:  # nnUNetv2_train sets one torch thread per core before building the trainer
@@ -50,7 +50,7 @@ class {baseline}(nnUNetTrainer):
 '''
 UNISEGDIFF_CLASS = '''
 
-class {name}(nnUNetTrainerUniSegDiff):
+class {name}({smoke}nnUNetTrainerUniSegDiff):
     num_epochs_cfenet, num_epochs_dnet, dnet_lr = {epochs_a}, {epochs_b}, {lr}
     unisegdiff = replace(nnUNetTrainerUniSegDiff.unisegdiff, dnet_width={width}, token_budget={token_budget})
 
@@ -63,6 +63,15 @@ class {name}(nnUNetTrainerUniSegDiff):
 '''
 
 
+SMOKE_CLASS = '''
+
+class SmokeRun:
+    """--smoke: nnU-Net's final validation (export and metrics, each in spawned worker processes) is skipped;
+    the end-to-end tests run it."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        self.print_to_log_file("--smoke: nnU-Net's final validation skipped")
+'''
 DEFAULT_WIDTH = 0.25  # --width's default; other widths get their own trainer (and results folder) name
 
 
@@ -76,9 +85,10 @@ def write_trainers(folder: Path, args) -> Path:
     writes to change epochs, found through nnUNet_extTrainer."""
     folder.mkdir(parents=True, exist_ok=True)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    smoke = getattr(args, "smoke", False)
     common = dict(epochs_a=args.epochs_cfenet, iterations=args.iterations, val_iterations=args.val_iterations,
-                  threads=threads)
-    text = TRAINERS_MODULE.format(baseline=BASELINE, **common)
+                  threads=threads, smoke="SmokeRun, " if smoke else "")
+    text = TRAINERS_MODULE.format(baseline=BASELINE, smoke_class=SMOKE_CLASS if smoke else "", **common)
     for e in args.dnet_epochs:
         text += UNISEGDIFF_CLASS.format(name=unisegdiff_trainer(e, args.width), epochs_b=e, lr=args.lr,
                                         width=args.width, token_budget=args.token_budget, **common)
