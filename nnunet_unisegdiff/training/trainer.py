@@ -88,6 +88,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        """nnU-Net's trainer; `num_epochs` becomes phase A + phase B, and settings nnU-Net cannot run with (a
+        sampler trained on other stages, region labels) are refused here, before any epoch."""
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.num_epochs_cfenet < 0 or self.num_epochs_dnet < 1:
             raise ValueError(f"{type(self).__name__}: need num_epochs_cfenet >= 0 and num_epochs_dnet >= 1")
@@ -114,6 +116,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> UniSegDiffNetwork:
+        """The composite (CFENet = the plan's network, DNet, sampler): what nnU-Net's predictor builds too."""
         return build_unisegdiff_network(plans_manager, configuration_manager, num_input_channels,
                                         num_output_channels, enable_deep_supervision, cls.unisegdiff)
 
@@ -124,6 +127,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         return False
 
     def initialize(self) -> None:
+        """nnU-Net's set-up, then the phase the current epoch is in (`_enter_phase`)."""
         super().initialize()
         self.composite = _unwrap(self.network)
         # tells `-pretrained_weights` (loaded into CFENet after this) apart from a fresh CFENet
@@ -171,6 +175,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.composite.cfenet.decoder.deep_supervision = enabled and self.phase == "A"
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's augmentation unchanged; only the test-time mirroring it records follows the pipeline."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.plan_mirroring_axes = self.inference_allowed_mirroring_axes
@@ -226,11 +231,13 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         self.current_epoch = self.num_epochs_cfenet
 
     def on_train_start(self) -> None:
+        """nnU-Net's start, then phase A skipped where a trained nnUNetTrainer fold can serve as CFENet."""
         super().on_train_start()
         self._maybe_reuse_cfenet()
 
     # ---- epochs ----------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
+        """Phase B begins at epoch `num_epochs_cfenet`: new optimiser and loss, checkpoint_best chosen anew."""
         if self.phase == "A" and self.current_epoch >= self.num_epochs_cfenet:
             self.print_to_log_file(PHASE_B_START.format(epoch=self.current_epoch, mode=self.objective.kind))
             self._enter_phase("B")
@@ -238,6 +245,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         super().on_train_epoch_start()
 
     def train_step(self, batch: dict) -> dict:
+        """Phase A: nnU-Net's step. Phase B: the staged loss on DNet (CFENet frozen), nnU-Net's AMP and gradient
+        clipping, and the per-stage losses for the logger."""
         if self.phase == "A":
             return super().train_step(batch)
         data = batch["data"].to(self.device, non_blocking=True)
@@ -321,6 +330,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         return net.to(self.device).eval().requires_grad_(False)
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        """nnU-Net's epoch log, plus the mean loss of each diffusion stage."""
         super().on_train_epoch_end(train_outputs)
         for key in STAGE_LOG_KEYS.values():
             values = [o.get(key, np.nan) for o in train_outputs]
@@ -350,6 +360,7 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
                 "fp_hard": fp[1:].cpu().numpy(), "fn_hard": fn[1:].cpu().numpy()}
 
     def on_epoch_end(self) -> None:
+        """nnU-Net's epoch end, plus the per-stage loss plot and a checkpoint at the A -> B boundary."""
         super().on_epoch_end()  # increments current_epoch
         if self.local_rank == 0:
             plot_stage_losses(self.logger.get_checkpoint(), self.num_epochs_cfenet,
@@ -433,6 +444,8 @@ class nnUNetTrainerUniSegDiff(nnUNetTrainer):
         os.replace(partial, filename)  # an interrupted save never replaces a good checkpoint
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's resume, into the phase the checkpoint was saved in (its optimiser state is that phase's);
+        a plain nnUNetTrainer checkpoint is refused with what to do instead."""
         if not self.was_initialized:
             self.initialize()
         checkpoint = filename_or_checkpoint
