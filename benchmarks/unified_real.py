@@ -203,12 +203,17 @@ def main(argv=None) -> int:
     write_trainers(args.work / "trainers", args)
     os.environ.update(nnunet_env(args.work, args.work / "trainers"))  # the predictor finds the trainers
     source = convert_downloads(args.downloads, args.dataset_id, args.size, args.work / "source_raw")
-    tasks = list(args.downloads)
-    per_split = {}
+    tasks, per_split = list(args.downloads), {}
     for split in args.splits:
         print(f"split {split}: {', '.join(tasks)} and unified; nnUNetTrainer, UniSegDiff", flush=True)
         cases, class_of, task_of = split_cases(split, args, source)
         per_split[split] = score(train(split, cases, args, source), class_of, task_of, device)
+        write_results(per_split, tasks, args, device)  # after each split: a run cut short keeps what it measured
+    return 0
+
+
+def write_results(per_split: dict[int, dict], tasks: list[str], args, device: torch.device) -> None:
+    """The table over the splits so far: printed, JSON and Markdown, machine paths replaced."""
     rows = table(per_split, tasks)
     results = {"per_split": per_split, "table": rows, "targets": targets(rows), "paper": PAPER}
     text = markdown(rows, tasks) + "\n" + json.dumps(results["targets"], indent=1) + "\n"
@@ -217,8 +222,7 @@ def main(argv=None) -> int:
                     str(args.work.resolve()): "WORK"}
     info = replace_paths(meta(device, settings={k: str(v) for k, v in vars(args).items()}), placeholders)
     path = write_json(NAME, info, results, args.json)
-    path.with_suffix(".md").write_text(f"Held-out images, splits {args.splits}, mean ± sd\n\n{text}")
-    return 0
+    path.with_suffix(".md").write_text(f"Held-out images, splits {list(per_split)}, mean ± sd\n\n{text}")
 
 
 if __name__ == "__main__":
