@@ -116,14 +116,14 @@ def _read_record(folder: Path) -> dict | None:
     return json.loads(record_file.read_text()) if record_file.is_file() else None
 
 
-def _override(folder: Path, checkpoint: Path, pipeline: str, note: str, extra: dict | None = None) -> None:
-    """Set the checkpoint's pipeline and note it in the fold's record; raises ValueError."""
+def _override(folder: Path, checkpoint: Path, pipeline: str, note: str, extra: dict | None = None) -> str:
+    """Set the checkpoint's pipeline and note it in the fold's record; the line to print. Raises ValueError."""
     previous = set_pipeline(checkpoint, pipeline)
     record = _read_record(folder)
     if record is not None:
         record[note] = {"checkpoint": checkpoint.name, "pipeline": pipeline, "was": previous, **(extra or {})}
         (folder / PIPELINE_RECORD).write_text(json.dumps(record, indent=2))
-    print(f"{checkpoint}: pipeline {previous} -> {pipeline}")
+    return f"{checkpoint}: pipeline {previous} -> {pipeline}"
 
 
 def pool(model_folder: Path, folds: list[str], checkpoint_name: str) -> int:
@@ -144,17 +144,19 @@ def pool(model_folder: Path, folds: list[str], checkpoint_name: str) -> int:
         return _error(f"{model_folder}: folds {' '.join(folds)}: {e}")
     rule = rule_text(margin, confidence).replace("the fold's validation cases", f"the validation cases of folds "
                                                  f"{' '.join(folds)} together")
-    print(f"{model_folder}: folds {' '.join(folds)} pooled: {chosen} ({rule})")
-    print(format_table(table, chosen))
     (model_folder / POOLED_RECORD).write_text(json.dumps(
         {"folds": folds, "chosen": chosen, "rule": rule, "margin": margin, "confidence": confidence,
          "per_fold": {f: r["chosen"] for f, r in records.items()}, "table": table}, indent=2))
+    done = []  # every fold is written before anything is printed: output cut short (`| head`) leaves none behind
     for fold in folds:
         folder = model_folder / f"fold_{fold}"
         try:
-            _override(folder, folder / checkpoint_name, chosen, "pooled", {"folds": folds})
+            done.append(_override(folder, folder / checkpoint_name, chosen, "pooled", {"folds": folds}))
         except ValueError as e:
             return _error(str(e))
+    print(f"{model_folder}: folds {' '.join(folds)} pooled: {chosen} ({rule})")
+    print(format_table(table, chosen))
+    print("\n".join(done))
     return 0
 
 
@@ -185,7 +187,7 @@ def show_or_set(args: argparse.Namespace) -> int:
                 print(f"{checkpoint.name}: {e}")
             continue
         try:
-            _override(folder, checkpoint, args.set, "overridden")
+            print(_override(folder, checkpoint, args.set, "overridden"))
         except ValueError as e:
             return _error(str(e))
     return 0

@@ -257,6 +257,34 @@ def test_pool_chooses_once_for_all_folds_and_sets_each(tmp_path, plan_2d, capsys
     assert record["chosen"] == "diffusion" and record["pooled"]["was"] == "diffusion"  # the fold's own choice kept
 
 
+def test_pool_sets_every_fold_before_printing(tmp_path, plan_2d, monkeypatch):
+    """`unisegdiff pipeline ... --pool | head -3`: the pipe closes after three lines, and the folds are all set
+    by then, never some of them."""
+    import io
+
+    import torch
+
+    from nnunet_unisegdiff.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    model = tmp_path / "model"
+    for fold in (0, 1, 2):
+        table = _table({"diffusion": [30.0, 30.0, 30.0, 30.0]})
+        for row in table.values():
+            row.update(dice_lesion=row["dice"], false_lesions=0, lesion_free=1, cases=4)
+            row["per_case"] = {f"f{fold}_{k}": v for k, v in row["per_case"].items()}
+        _fold_with_record(model, fold, plan_2d, table, "cfenet")
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    with pytest.raises(BrokenPipeError):
+        main(["pipeline", str(model), "-f", "0", "1", "2", "--pool"])
+    for fold in (0, 1, 2):
+        saved = torch.load(model / f"fold_{fold}" / "checkpoint_final.pth", weights_only=False)
+        assert saved["network_weights"]["_extra_state"]["settings"]["pipeline"] == "diffusion", fold
+
+
 def test_pool_refuses_tables_without_per_case_scores(tmp_path, plan_2d, capsys):
     from nnunet_unisegdiff.cli import main
 
