@@ -10,8 +10,8 @@ dataset, the stratified held-out draw of `accuracy_real.py` (same seed, so BUSI'
 that script's). Then per split four nnU-Net datasets: one per task and the unified one (the union of their
 training sets; its held-out images are the same images). On each, fold 0, as in `accuracy_real.py`:
 `nnUNetTrainer`, then UniSegDiff with that model as CFENet (phase B only, the trainer's default recipe) at
-the same budget; nnU-Net's epochs are a number of iterations, so the unified model sees each image a third as
-often, as `nnUNetv2_train` would do. In-process on the held-out images, as nnUNetv2_predict exports them (no
+the same epochs and iterations; nnU-Net plans the unified set's batch three times larger (its cap is 5 % of
+the training cases), so each model sees its images about equally often. In-process on the held-out images, as nnUNetv2_predict exports them (no
 mirroring): per task mDice and mIoU (per image, Dice of an empty reference counted only when a lesion is
 predicted), their mean, and BUSI's normal images with a false lesion; the paper's Table 3 beside.
 """
