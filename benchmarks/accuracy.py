@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import RESULTS, add_smoke_arg, apply_smoke, meta, print_table, write_json
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from PIL import Image
 
@@ -28,6 +29,7 @@ from nnunet_unisegdiff.training.trainer import CFENET_CHECKPOINT_ENV
 
 BIN = Path(sys.executable).parent  # console scripts (accuracy_real.py imports it)
 BASELINE = "nnUNetTrainerAccuracyBaseline"
+UNPAD = "benchmark_unpad"  # ModelScorer: the slicer that removes the padding to the patch (in the properties)
 TRAINERS_MODULE = '''"""Written by benchmarks/accuracy.py: the benchmark's budgets as nnU-Net trainer variants."""
 from dataclasses import replace
 
@@ -241,21 +243,25 @@ class ModelScorer:
         self.labels = [int(k) for k in p.label_manager.foreground_labels]
 
     def preprocess(self, image_file: Path) -> tuple[torch.Tensor, dict]:
-        """nnU-Net's preprocessing of one image: x (1, C_in, *patch) on the device, and its properties."""
+        """nnU-Net's preprocessing of one image: x (1, C_in, *patch) on the device, and its properties. An image
+        that nnU-Net's crop to its nonzero region left smaller than the patch (a black border row) is padded as
+        nnU-Net's sliding window pads it (zeros, one tile); `segmentation` removes the padding again."""
         p = self.predictor
         data, props = self.rw.read_images([str(image_file)])
         data, _, props = self.preprocessor.run_case_npy(data, None, props, p.plans_manager,
                                                         p.configuration_manager, p.dataset_json)
         patch = tuple(p.configuration_manager.patch_size)
-        if data.shape[1] != 1 or tuple(data.shape[2:]) != patch:
+        if data.shape[1] != 1 or any(n > m for n, m in zip(data.shape[2:], patch)):
             raise ValueError(f"{image_file}: preprocessed shape {data.shape[1:]} is not one 2D tile {patch}; "
                              "the benchmark scores single-tile 2D images (use --size equal to the patch)")
-        return torch.from_numpy(np.ascontiguousarray(data[:, 0])).float()[None].to(self.device), props
+        data, props[UNPAD] = pad_nd_image(data[:, 0], patch, "constant", {"constant_values": 0}, True, None)
+        return torch.from_numpy(np.ascontiguousarray(data)).float()[None].to(self.device), props
 
     def segmentation(self, logits: torch.Tensor, props: dict) -> np.ndarray:
         """nnU-Net's export of logits (C, *patch): the label map in the image's own shape."""
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
         p = self.predictor
+        logits = logits[(slice(None), *props[UNPAD][1:])] if UNPAD in props else logits
         return np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
             logits.cpu()[:, None], p.plans_manager, p.configuration_manager, p.label_manager, props,
             num_threads_torch=1))

@@ -11,9 +11,10 @@ that script's). Then per split four nnU-Net datasets: one per task and the unifi
 training sets; its held-out images are the same images). On each, fold 0, as in `accuracy_real.py`:
 `nnUNetTrainer`, then UniSegDiff with that model as CFENet (phase B only, the trainer's default recipe) at
 the same epochs and iterations; nnU-Net plans the unified set's batch three times larger (its cap is 5 % of
-the training cases), so each model sees its images about equally often. In-process on the held-out images, as nnUNetv2_predict exports them (no
-mirroring): per task mDice and mIoU (per image, Dice of an empty reference counted only when a lesion is
-predicted), their mean, and BUSI's normal images with a false lesion; the paper's Table 3 beside.
+the training cases), so each model sees its images about equally often. In-process on the held-out images,
+as nnUNetv2_predict exports them (no mirroring): per task mDice and mIoU (per image, Dice of an empty
+reference counted only when a lesion is predicted), their mean, and BUSI's normal images with a false
+lesion; the paper's Table 3 beside.
 """
 from __future__ import annotations
 

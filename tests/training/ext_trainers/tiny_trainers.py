@@ -26,6 +26,8 @@ class nnUNetTrainerUniSegDiffTestTiny(nnUNetTrainerUniSegDiff):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_val_iterations_per_epoch = 1
         self.save_every = 1
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per xdist worker (conftest); nnUNetv2_train asked
+            torch.set_num_threads(1)               # for all cores, and busy cores make OpenMP threads wait
 
     def on_train_start(self):
         random.seed(0)
