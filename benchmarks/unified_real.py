@@ -61,11 +61,14 @@ def parse_downloads(items: list[str], ap: argparse.ArgumentParser) -> dict[str, 
 
 def write_smoke_downloads(folder: Path, n: int = 12) -> dict[str, Path]:
     """Tiny downloads in two releases' layouts, of the synthetic generator's images: BUSI's (with normal images)
-    and Kvasir-SEG's `Kvasir-SEG/{images,masks}/<id>.jpg` (3-channel JPEG masks)."""
+    and Kvasir-SEG's `Kvasir-SEG/{images,masks}/<id>.jpg` (3-channel JPEG masks), with the black border rows
+    of Kvasir's endoscope frames, which nnU-Net's crop to nonzero removes (the image becomes smaller than
+    the patch)."""
     kvasir = folder / "kvasir" / "Kvasir-SEG"
     for sub in ("images", "masks"):
         (kvasir / sub).mkdir(parents=True)
     for i, case in enumerate(generate_cases(n, size=48, modalities=("endo",), empty_fraction=0.0, seed=7)):
+        case.image[:16], case.label[:16] = 0, 0  # (H, W, 3), (H, W): black rows on top
         mask = np.repeat((case.label > 0)[..., None] * np.uint8(255), 3, axis=2)
         Image.fromarray(case.image).save(kvasir / "images" / f"cju{i:022d}.jpg", quality=95)
         Image.fromarray(mask).save(kvasir / "masks" / f"cju{i:022d}.jpg")
