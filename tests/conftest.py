@@ -14,6 +14,9 @@ os.environ.setdefault("nnUNet_compile", "0")
 # nnU-Net's export and metric pools spawn workers that import nnU-Net and torch again: one each is enough for
 # tiny data (the subprocesses of the end-to-end and smoke runs inherit this)
 os.environ.setdefault("nnUNet_def_n_proc", "1")
+# every process the tests start samples a smaller intensity fingerprint when it plans (tests/site/sitecustomize.py)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent / "site"),
+                                                       os.environ.get("PYTHONPATH")) if p)
 # under pytest-xdist every worker has a core of its own
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
