@@ -172,6 +172,9 @@ def train_once(trainer: str, final: Path, dataset_id: int, env: dict, args, logs
     seconds[trainer if not fold else f"{trainer} fold {fold}"] = time.monotonic() - t0
 
 
+HARDEN = (0.5, 0.08)  # the synthetic benchmark's image contrast factor and pixel noise sd (`harden`)
+
+
 def harden(raw: Path, contrast: float, noise: float, seed: int) -> None:
     """Every image of the dataset (training and held-out) with its contrast scaled by `contrast` around
     the image mean and Gaussian pixel noise of sd `noise` (in [0, 1] units) added, in place: the demo's
@@ -405,8 +408,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-test", type=int, default=40, help="held-out images per seed")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--empty-fraction", type=float, default=0.15, help="share of lesion-free images")
-    ap.add_argument("--contrast", type=float, default=0.5, help="image contrast factor (1: the demo's images)")
-    ap.add_argument("--noise", type=float, default=0.08, help="pixel noise sd added to the images (0: none)")
+    ap.add_argument("--contrast", type=float, default=HARDEN[0], help="image contrast factor (1: the demo's images)")
+    ap.add_argument("--noise", type=float, default=HARDEN[1], help="pixel noise sd added to the images (0: none)")
     ap.add_argument("--epochs-cfenet", type=int, default=40, help="nnUNetTrainer epochs (= CFENet)")
     ap.add_argument("--dnet-epochs", "--epochs-dnet", type=int, nargs="+", default=[20],
                     help="phase-B epochs; several values train one UniSegDiff each on the same CFENet")

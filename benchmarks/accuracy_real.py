@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/accuracy_real.py --smoke   # a BUSI-like download of synthetic images, tiny runs
 
 The download is converted with the project's converter (`unisegdiff convert NAME`, BUSI with its
-normal images), resized with `convert unified --resize SIZE`, then per split a stratified held-out
-set is drawn (per class, lesion-free images kept, whole groups on one side). Per split, as in
+normal images; `--converter synthetic`: accuracy.py's hardened generator, no download), resized with
+`convert unified --resize SIZE`, then per split a stratified held-out set is drawn (per class,
+lesion-free images kept, whole groups on one side). Per split, as in
 `accuracy.py`: `nnUNetTrainer` through `nnUNetv2_train`, UniSegDiff on the same fold with that model
 as CFENet (only DNet trains, then the trainer picks its inference pipeline on the fold's validation
 cases), `nnUNetv2_predict --disable_tta --save_probabilities` with both, and in-process every
@@ -29,9 +30,11 @@ from _common import RESULTS, add_smoke_arg, apply_smoke
 from accuracy import (
     BIN,
     DEFAULT_WIDTH,
+    HARDEN,
     ModelScorer,
     aggregate,
     case_scores,
+    harden,
     nnunet_env,
     plan_processes,
     predict_cli,
@@ -48,6 +51,9 @@ CONVERTERS = {
     "busi": (["--include-normal"], lambda case: case.split("_")[1]),        # BUSI_benign_0001
     "ebhiseg": ([], lambda case: case.split("_")[2]),                      # EBHISeg_EBHI_Adeno_GT...
     "polyp": ([], lambda case: case.split("_")[1]),                        # Polyp_Kvasir_cju0qkwl35piu0993l0dewei2
+    # no download: the generator's images, hardened as accuracy.py's (class: modality)
+    "synthetic": (["--num-cases", "600", "--num-test", "0", "--size", "64", "--empty-fraction", "0.15"],
+                  lambda case: case.split("_")[3]),                        # Synthetic_SYN_0001_endo
 }
 
 
@@ -66,8 +72,10 @@ def convert_downloads(downloads: dict[str, Path], first_id: int, size: int, raw:
     cli = str(BIN / "unisegdiff")
     ids = [str(first_id + j) for j in range(len(downloads))]
     for dataset_id, (converter, download) in zip(ids, downloads.items()):
-        subprocess.run([cli, "convert", converter, str(download), "-d", dataset_id, "-q", "-o", str(raw),
+        subprocess.run([cli, "convert", converter, str(download or "-"), "-d", dataset_id, "-q", "-o", str(raw),
                         *CONVERTERS[converter][0]], check=True)
+        if converter == "synthetic":
+            harden(next(raw.glob(f"Dataset{dataset_id}_*")), *HARDEN, seed=0)
     subprocess.run([cli, "convert", "unified", str(raw), "--datasets", *ids, "--resize", str(size), "-d",
                     str(unified_id), "-q", "-o", str(raw)], check=True)
     return sorted(raw.glob(f"Dataset{unified_id:03d}_*"))[0]
@@ -239,8 +247,8 @@ def start(ap: argparse.ArgumentParser, args, name: str, **tiny) -> tuple[Path, t
         apply_smoke(args, name, download=write_smoke_download(tmp / "download"), converter="busi", num_train=12,
                     num_test=4, size=32, epochs_cfenet=1, dnet_epochs=[1], iterations=2, val_iterations=1,
                     reuse=False, work=tmp / "work", **tiny)
-    elif args.download is None or args.converter is None:
-        ap.error("DOWNLOAD and --converter are required (or --smoke)")
+    elif args.converter is None or (args.download is None and args.converter != "synthetic"):
+        ap.error("DOWNLOAD and --converter are required (--converter synthetic needs no DOWNLOAD; or --smoke)")
     args.first_split_id = args.first_split_id or args.dataset_id + 10
     work = args.work or RESULTS / f"real_work_{args.converter}"
     device = torch.device(args.device)

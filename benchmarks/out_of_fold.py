@@ -1,8 +1,9 @@
 """Does DNet add to CFENet once phase B trains on out-of-fold conditions? One split of a real download
-(section 12 of benchmarks/README.md).
+(section 13 of benchmarks/README.md).
 
     .venv/bin/python benchmarks/out_of_fold.py DOWNLOAD --converter busi --split 0 --reuse
     .venv/bin/python benchmarks/out_of_fold.py DOWNLOAD --converter busi --split 0 --reuse --unisegdiff-folds 0 1 2 3 4
+    .venv/bin/python benchmarks/out_of_fold.py --converter synthetic --split 0 --reuse   # accuracy.py's images
     .venv/bin/python benchmarks/out_of_fold.py --smoke   # two nnUNetTrainer folds, so fold 0 also meets a missing one
 
 The split, conversion, budgets and work folder of `accuracy_real.py`. nnUNetTrainer trains on all five folds;

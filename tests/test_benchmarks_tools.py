@@ -272,3 +272,31 @@ def test_unified_real_downloads_are_named_and_results_name_no_machine_path(monke
     info = {"command": "unified_real.py busi=/w/data busi2=/w/data/busi --work /w", "paths": ["/w/data/busi/x"]}
     assert replace_paths(info, {"/w": "WORK", "/w/data": "DOWNLOAD", "/w/data/busi": "BUSI"}) == {
         "command": "unified_real.py busi=DOWNLOAD busi2=BUSI --work WORK", "paths": ["BUSI/x"]}
+
+
+def test_the_synthetic_converter_of_the_real_data_benchmarks_is_accuracy_pys_hardened_generator(monkeypatch,
+                                                                                               tmp_path):
+    """`--converter synthetic` (no download): the generator's images hardened as accuracy.py hardens them, the
+    held-out draw stratified by modality and lesion-free images."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import subprocess
+
+    import accuracy_real
+    from PIL import Image
+
+    source = accuracy_real.convert_downloads({"synthetic": None}, 930, 64, tmp_path / "raw")
+    subprocess.run([str(accuracy_real.BIN / "unisegdiff"), "convert", "synthetic", "-", "-d", "935", "-q", "-o",
+                    str(tmp_path / "plain"), *accuracy_real.CONVERTERS["synthetic"][0]], check=True)
+    case = "SYN_0001_endo"
+    plain_file = tmp_path / "plain" / "Dataset935_Synthetic" / "imagesTr" / f"{case}_0000.png"
+    plain = np.asarray(Image.open(plain_file))
+    accuracy_real.harden(plain_file.parents[1], *accuracy_real.HARDEN, seed=0)
+    converted = np.asarray(Image.open(tmp_path / "raw" / "Dataset930_Synthetic" / "imagesTr" / f"{case}_0000.png"))
+    assert converted.shape == (64, 64, 3) and not np.array_equal(converted, plain)
+    assert np.array_equal(converted, np.asarray(Image.open(plain_file)))
+    assert (source / "imagesTr" / f"Synthetic_{case}_0000.png").is_file()
+    train, test, class_of = accuracy_real.stratified_split(source, "synthetic", 160, 120, 1000)
+    assert abs(len(train) - 160) <= 3 and abs(len(test) - 120) <= 3 and not set(train) & set(test)  # per stratum
+    assert {class_of[c] for c in test} == {"grey", "endo", "us"}
+    empty = [c for c in test if not accuracy_real.has_lesion(source / "labelsTr" / f"{c}.png")]
+    assert 0.1 < len(empty) / len(test) < 0.2
