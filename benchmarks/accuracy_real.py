@@ -164,15 +164,24 @@ def prepare_split(split: int, args, work: Path, source: Path) -> dict:
 
 
 def prepare_dataset(work: Path, dataset_id: int, name: str, train: list[str], test: list[str], source: Path,
-                    args, logs: Path) -> dict:
+                    args, logs: Path, plans_from: int | None = None) -> dict:
     """A raw dataset of these cases of `source` (hard links), planned and preprocessed, kept with `--reuse`:
-    {"raw", "dataset_id", "env" (nnU-Net's for training it), "logs"}."""
+    {"raw", "dataset_id", "env" (nnU-Net's for training it), "logs"}. `plans_from`: not planned, but with that
+    dataset's plans, as nnU-Net's pretraining documentation moves a pretrained network's plans."""
     env = nnunet_env(work, work / "trainers")
     raw = work / "raw" / f"Dataset{dataset_id:03d}_{name}"
     if not (args.reuse and (work / "preprocessed" / raw.name / "nnUNetPlans.json").is_file()):
         raw = write_split(source, work, dataset_id, name, train, test)
-        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", *plan_processes(env)], env,
-            logs / "plan.log")
+        if plans_from is None:
+            run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", *plan_processes(env)], env,
+                logs / "plan.log")
+        else:  # the target never has plans of its own, so it keeps the identifier nnUNetPlans
+            n = env["nnUNet_def_n_proc"]
+            run(["nnUNetv2_extract_fingerprint", "-d", str(dataset_id), "-np", n], env, logs / "fingerprint.log")
+            run(["nnUNetv2_move_plans_between_datasets", "-s", str(plans_from), "-t", str(dataset_id),
+                 "-sp", "nnUNetPlans"], env, logs / "move_plans.log")
+            shutil.copy(raw / "dataset.json", work / "preprocessed" / raw.name)  # as nnU-Net's planner does
+            run(["nnUNetv2_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", n], env, logs / "preprocess.log")
     env["nnUNet_n_proc_DA"] = "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "4")
     return {"raw": raw, "dataset_id": dataset_id, "env": env, "logs": logs}
 

@@ -30,7 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import RESULTS, add_smoke_arg, apply_smoke, meta, replace_paths, write_json
-from accuracy import ModelScorer, case_scores, mean_sd, nnunet_env, summarize, train_fold, write_trainers
+from accuracy import (
+    BASELINE,
+    CFENET_CHECKPOINT_ENV,
+    ModelScorer,
+    case_scores,
+    mean_sd,
+    nnunet_env,
+    summarize,
+    train_fold,
+    train_once,
+    unisegdiff_trainer,
+    write_trainers,
+)
 from accuracy_real import convert_downloads, prepare_dataset, stratified_split, write_smoke_download
 from PIL import Image
 from tqdm import tqdm
@@ -40,6 +52,7 @@ from nnunet_unisegdiff.conversion.synthetic import generate_cases
 NAME = "unified_real"
 TASKS = {"busi": "BUSI", "ebhiseg": "EBHISeg", "polyp": "Polyp"}  # converter -> the task `convert unified` records
 UNIFIED = "unified"
+MIXED = "unified CFENet + DNet per dataset"  # --dnet-per-dataset
 PIPELINE_ROWS = ("diffusion", "paper", "cfenet-gated")  # shown beside the chosen one
 # Paper Table 3 (mDice, mIoU): its BL (BUSI), ADC (EBHI-Seg Adenocarcinoma) and CP (five polyp sets; Kvasir-SEG
 # here) columns, 256 px, 4-fold cross-validation, the paper's own UNet and UniSegDiff.
@@ -101,14 +114,57 @@ def train(split: int, cases: dict[str, tuple], args, source: Path) -> dict[str, 
         return dict(pool.map(one, enumerate(cases)))
 
 
+def fold0_restricted(splits_file: Path, cases: set[str]) -> list[dict]:
+    """Fold 0 of nnU-Net's splits_final.json restricted to `cases`: the split file of a dataset of those cases."""
+    fold = json.loads(splits_file.read_text())[0]
+    return [{part: [c for c in fold[part] if c in cases] for part in ("train", "val")}]
+
+
+def train_dnet_per_dataset(split: int, cases: dict[str, tuple], trained: dict[str, tuple[dict, Path]], args,
+                           source: Path) -> dict[str, tuple[dict, Path]]:
+    """Per task, UniSegDiff (phase B only) on a dataset of that task's training cases with the unified
+    nnUNetTrainer's fold 0 as CFENet: a CFENet trained on the unified set, a DNet per dataset. The dataset
+    takes the unified plans (nnU-Net's way to fine-tune a pretrained network), with the batch size of the
+    task's own plans, so DNet sees each image as often as the per-dataset one; its fold 0 is the unified fold 0
+    restricted to the task, so the pipeline is chosen on validation cases that CFENet did not train on either.
+    {task: (prepared, UniSegDiff's folder)}."""
+    unified = trained[UNIFIED][0]
+    results = Path(unified["env"]["nnUNet_results"]) / unified["raw"].name
+    cfenet = results / f"{BASELINE}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    unified_splits = Path(unified["env"]["nnUNet_preprocessed"]) / unified["raw"].name / "splits_final.json"
+    trainer = unisegdiff_trainer(args.dnet_epochs[0], args.width)
+
+    def one(j_key):
+        j, key = j_key
+        d = prepare_dataset(args.work, args.first_split_id + 10 * split + 4 + j,
+                            f"{TASKS[key]}UnifiedCFENetSplit{split}", *cases[key], source, args,
+                            args.work / "logs" / f"split{split}" / f"{key}_unified_cfenet", unified["dataset_id"])
+        preprocessed = Path(d["env"]["nnUNet_preprocessed"])
+        own = json.loads((preprocessed / trained[key][0]["raw"].name / "nnUNetPlans.json").read_text())
+        plans_file = preprocessed / d["raw"].name / "nnUNetPlans.json"
+        plans = json.loads(plans_file.read_text())
+        plans["configurations"]["2d"]["batch_size"] = own["configurations"]["2d"]["batch_size"]
+        plans_file.write_text(json.dumps(plans, indent=1))
+        splits = preprocessed / d["raw"].name / "splits_final.json"
+        splits.write_text(json.dumps(fold0_restricted(unified_splits, set(cases[key][0])), indent=1))
+        model = Path(d["env"]["nnUNet_results"]) / d["raw"].name / f"{trainer}__nnUNetPlans__2d"
+        train_once(trainer, model / "fold_0" / "checkpoint_final.pth", d["dataset_id"],
+                   {**d["env"], CFENET_CHECKPOINT_ENV: str(cfenet)}, args, d["logs"], {})
+        return key, (d, model)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        return dict(pool.map(one, enumerate(key for key in cases if key != UNIFIED)))
+
+
 def score(trained: dict[str, tuple[dict, Path]], class_of: dict[str, str], task_of: dict[str, str],
-          device: torch.device) -> dict:
+          device: torch.device, mode: str | None = None) -> dict:
     """{"rows": {row: {task: summarize() of that task's held-out images}}, "chosen"}: for each model (per dataset,
-    unified) the nnUNetTrainer row (its CFENet), UniSegDiff's chosen pipeline and PIPELINE_ROWS."""
+    unified) the nnUNetTrainer row (its CFENet), UniSegDiff's chosen pipeline and PIPELINE_ROWS. With `mode`
+    (MIXED), every model's rows are named by it and its CFENet row (the unified one's) is left out."""
     per_row: dict[str, dict[str, list[dict]]] = {}
     chosen = {}
+    cfenet_row = mode is None
     for key, (dataset, model) in trained.items():
-        mode = "unified" if key == UNIFIED else "per dataset"
+        row_mode = mode or ("unified" if key == UNIFIED else "per dataset")
         scorer = ModelScorer(model, device)
         chosen[key] = scorer.net.settings.pipeline
         raw = dataset["raw"]
@@ -116,9 +172,9 @@ def score(trained: dict[str, tuple[dict, Path]], class_of: dict[str, str], task_
             case = image.name[: -len("_0000.png")]
             gt = scorer.rw.read_seg(str(raw / "labelsTs" / f"{case}.png"))[0][0]
             segs, _ = scorer.rows(image)
-            rows = {f"nnUNetTrainer, {mode}": segs["pipeline: cfenet"],
-                    f"UniSegDiff, {mode}": segs["UniSegDiff (chosen pipeline, network forward)"],
-                    **{f"UniSegDiff {p}, {mode}": segs[f"pipeline: {p}"] for p in PIPELINE_ROWS}}
+            rows = {**({f"nnUNetTrainer, {row_mode}": segs["pipeline: cfenet"]} if cfenet_row else {}),
+                    f"UniSegDiff, {row_mode}": segs["UniSegDiff (chosen pipeline, network forward)"],
+                    **{f"UniSegDiff {p}, {row_mode}": segs[f"pipeline: {p}"] for p in PIPELINE_ROWS}}
             for name, seg in rows.items():
                 per_row.setdefault(name, {}).setdefault(task_of[case], []).append(
                     {"case": case, "entropy": float("nan"), **case_scores(seg.reshape(gt.shape), gt, scorer.labels)})
@@ -190,6 +246,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep conversions and finished trainings in --work")
+    ap.add_argument("--dnet-per-dataset", action="store_true",
+                    help=f"also the '{MIXED}' rows: per task, DNet trained on that task with the unified CFENet")
     ap.add_argument("--json", type=Path, default=None)
     add_smoke_arg(ap)
     args = ap.parse_args(argv)
@@ -197,7 +255,7 @@ def main(argv=None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix=f"{NAME}_smoke_"))
         apply_smoke(args, NAME, downloads=[f"{c}={p}" for c, p in write_smoke_downloads(tmp / "download").items()],
                     splits=[0], num_train=8, num_test=3, size=32, epochs_cfenet=1, dnet_epochs=[1], iterations=2,
-                    val_iterations=1, work=tmp / "work")
+                    val_iterations=1, work=tmp / "work", dnet_per_dataset=True)
     args.downloads = parse_downloads(args.downloads, ap)
     args.first_split_id = args.dataset_id + 10
     device = torch.device(args.device)
@@ -211,7 +269,14 @@ def main(argv=None) -> int:
     for split in args.splits:
         print(f"split {split}: {', '.join(tasks)} and unified; nnUNetTrainer, UniSegDiff", flush=True)
         cases, class_of, task_of = split_cases(split, args, source)
-        per_split[split] = score(train(split, cases, args, source), class_of, task_of, device)
+        trained = train(split, cases, args, source)
+        result = score(trained, class_of, task_of, device)
+        if args.dnet_per_dataset:
+            mixed = score(train_dnet_per_dataset(split, cases, trained, args, source), class_of,
+                          task_of, device, mode=MIXED)
+            result = {"rows": {**result["rows"], **mixed["rows"]},
+                      "chosen": {**result["chosen"], **{f"{key}, {MIXED}": p for key, p in mixed["chosen"].items()}}}
+        per_split[split] = result
         write_results(per_split, tasks, args, device)  # after each split: a run cut short keeps what it measured
     return 0
 

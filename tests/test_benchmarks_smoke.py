@@ -193,7 +193,13 @@ def check_unified_real(results):
     rows = {r["row"]: r for r in results["table"]}
     assert {f"{m}, {mode}" for m in ("nnUNetTrainer", "UniSegDiff") for mode in ("per dataset", "unified")} <= set(rows)
     split = results["per_split"]["0"]
-    assert set(split["chosen"]) == {"busi", "polyp", "unified"} and set(split["chosen"].values()) <= PIPELINES
+    mixed = "unified CFENet + DNet per dataset"  # --dnet-per-dataset: no CFENet row of its own
+    assert f"UniSegDiff, {mixed}" in rows and f"nnUNetTrainer, {mixed}" not in rows
+    assert set(split["chosen"]) == {"busi", "polyp", "unified", f"busi, {mixed}", f"polyp, {mixed}"}
+    assert set(split["chosen"].values()) <= PIPELINES
+    for task in ("busi", "polyp"):  # where a DNet per dataset kept CFENet, it predicts as the unified nnU-Net
+        if split["chosen"][f"{task}, {mixed}"] == "cfenet":
+            assert split["rows"][f"UniSegDiff, {mixed}"][task] == split["rows"]["nnUNetTrainer, unified"][task]
     for task in ("busi", "polyp"):  # the same held-out images of each task in every row
         assert len({r[task]["cases"] for r in split["rows"].values()}) == 1 and split["rows"][
             "nnUNetTrainer, unified"][task]["cases"] == 3

@@ -300,3 +300,15 @@ def test_the_synthetic_converter_of_the_real_data_benchmarks_is_accuracy_pys_har
     assert {class_of[c] for c in test} == {"grey", "endo", "us"}
     empty = [c for c in test if not accuracy_real.has_lesion(source / "labelsTr" / f"{c}.png")]
     assert 0.1 < len(empty) / len(test) < 0.2
+
+
+def test_a_dnet_per_dataset_keeps_the_unified_fold_0_of_its_cases(monkeypatch, tmp_path):
+    """--dnet-per-dataset: the task's dataset splits fold 0 as the unified dataset does, so the unified CFENet
+    trained on none of the validation cases its DNet's pipeline is chosen on."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import unified_real
+    splits = tmp_path / "splits_final.json"
+    splits.write_text(json.dumps([{"train": ["BUSI_a", "Polyp_b", "BUSI_c"], "val": ["Polyp_d", "BUSI_e"]},
+                                  {"train": ["BUSI_e"], "val": ["BUSI_a"]}]))
+    assert unified_real.fold0_restricted(splits, {"BUSI_a", "BUSI_c", "BUSI_e", "BUSI_x"}) == [
+        {"train": ["BUSI_a", "BUSI_c"], "val": ["BUSI_e"]}]
