@@ -2,6 +2,7 @@
 lose accuracy against one model per dataset, and does UniSegDiff lose less than nnU-Net (issue 27)?
 
     .venv/bin/python benchmarks/unified_real.py busi=DOWNLOAD ebhiseg=DOWNLOAD polyp=DOWNLOAD   # splits 0 1
+    .venv/bin/python benchmarks/unified_real.py busi=... ebhiseg=... polyp=... --dnet-per-dataset   # + the mixed rows
     .venv/bin/python benchmarks/unified_real.py --smoke   # tiny fake BUSI and Kvasir-SEG downloads, tiny runs
 
 Each download is converted by the project's converter (BUSI with its normal images, EBHI-Seg's
@@ -14,7 +15,8 @@ the same epochs and iterations; nnU-Net plans the unified set's batch three time
 the training cases), so each model sees its images about equally often. In-process on the held-out images,
 as nnUNetv2_predict exports them (no mirroring): per task mDice and mIoU (per image, Dice of an empty
 reference counted only when a lesion is predicted), their mean, and BUSI's normal images with a false
-lesion; the paper's Table 3 beside.
+lesion; the paper's Table 3 beside. With --dnet-per-dataset also the paper's own idea taken per task: the
+unified set's CFENet with a DNet trained per dataset (`train_dnet_per_dataset`).
 """
 from __future__ import annotations
 
