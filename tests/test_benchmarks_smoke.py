@@ -213,6 +213,9 @@ def check_unified_real(results):
         assert drop[model] == pytest.approx(rows[f"{model}, per dataset"]["mean_dice"][0]
                                             - rows[f"{model}, unified"]["mean_dice"][0])
     assert results["targets"]["unisegdiff_drops_less"] == (drop["UniSegDiff"] < drop["nnUNetTrainer"])
+    assert drop[mixed] == pytest.approx(rows["UniSegDiff, per dataset"]["mean_dice"][0]
+                                        - rows[f"UniSegDiff, {mixed}"]["mean_dice"][0])
+    assert results["targets"]["mixed_drops_less"] == (drop[mixed] < drop["nnUNetTrainer"])
 
 
 CHECKS = {name[len("check_"):]: f for name, f in globals().items() if name.startswith("check_")}
