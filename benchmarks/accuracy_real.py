@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,14 +48,21 @@ from accuracy import (
     write_trainers,
 )
 
-# converter name -> (extra converter options, the class of a case from its unified case ID)
+
+class Converter(NamedTuple):
+    options: list[str]                           # `unisegdiff convert NAME` options beyond the download
+    class_of: Callable[[str], str]               # a case's class from its unified case ID
+    after: Callable[[Path], None] | None = None  # applied to the converted dataset folder
+
+
 CONVERTERS = {
-    "busi": (["--include-normal"], lambda case: case.split("_")[1]),        # BUSI_benign_0001
-    "ebhiseg": ([], lambda case: case.split("_")[2]),                      # EBHISeg_EBHI_Adeno_GT...
-    "polyp": ([], lambda case: case.split("_")[1]),                        # Polyp_Kvasir_cju0qkwl35piu0993l0dewei2
+    "busi": Converter(["--include-normal"], lambda case: case.split("_")[1]),  # BUSI_benign_0001
+    "ebhiseg": Converter([], lambda case: case.split("_")[2]),                # EBHISeg_EBHI_Adeno_GT...
+    "polyp": Converter([], lambda case: case.split("_")[1]),                  # Polyp_Kvasir_cju0qkwl35piu0993l0dewei2
     # no download: the generator's images, hardened as accuracy.py's (class: modality)
-    "synthetic": (["--num-cases", "600", "--num-test", "0", "--size", "64", "--empty-fraction", "0.15"],
-                  lambda case: case.split("_")[3]),                        # Synthetic_SYN_0001_endo
+    "synthetic": Converter(["--num-cases", "600", "--num-test", "0", "--size", "64", "--empty-fraction", "0.15"],
+                           lambda case: case.split("_")[3],                   # Synthetic_SYN_0001_endo
+                           lambda folder: harden(folder, *HARDEN, seed=0)),
 }
 
 
@@ -73,9 +82,9 @@ def convert_downloads(downloads: dict[str, Path], first_id: int, size: int, raw:
     ids = [str(first_id + j) for j in range(len(downloads))]
     for dataset_id, (converter, download) in zip(ids, downloads.items()):
         subprocess.run([cli, "convert", converter, str(download or "-"), "-d", dataset_id, "-q", "-o", str(raw),
-                        *CONVERTERS[converter][0]], check=True)
-        if converter == "synthetic":
-            harden(next(raw.glob(f"Dataset{dataset_id}_*")), *HARDEN, seed=0)
+                        *CONVERTERS[converter].options], check=True)
+        if CONVERTERS[converter].after:
+            CONVERTERS[converter].after(next(raw.glob(f"Dataset{dataset_id}_*")))
     subprocess.run([cli, "convert", "unified", str(raw), "--datasets", *ids, "--resize", str(size), "-d",
                     str(unified_id), "-q", "-o", str(raw)], check=True)
     return sorted(raw.glob(f"Dataset{unified_id:03d}_*"))[0]
@@ -110,7 +119,7 @@ def stratified_split(source: Path, converter: str, num_train: int, num_test: int
     only the cases of that source (a unified dataset's sources.json names each case's task)."""
     sources = json.loads((source / "sources.json").read_text())
     sources = {c: info for c, info in sources.items() if task is None or info.get("source") == task}
-    class_of = {c: CONVERTERS[converter][1](c) for c in sources}
+    class_of = {c: CONVERTERS[converter].class_of(c) for c in sources}
     stratum = {c: (class_of[c], has_lesion(source / "labelsTr" / f"{c}.png")) for c in sources}
     groups: dict[str, list[str]] = {}
     for c, info in sorted(sources.items()):
@@ -175,7 +184,7 @@ def prepare_dataset(work: Path, dataset_id: int, name: str, train: list[str], te
         if plans_from is None:
             run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", *plan_processes(env)], env,
                 logs / "plan.log")
-        else:  # the target never has plans of its own, so it keeps the identifier nnUNetPlans
+        else:  # nnUNetv2_train copies the fingerprint; the target has no plans of its own, so: nnUNetPlans
             n = env["nnUNet_def_n_proc"]
             run(["nnUNetv2_extract_fingerprint", "-d", str(dataset_id), "-np", n], env, logs / "fingerprint.log")
             run(["nnUNetv2_move_plans_between_datasets", "-s", str(plans_from), "-t", str(dataset_id),

@@ -286,7 +286,7 @@ def test_the_synthetic_converter_of_the_real_data_benchmarks_is_accuracy_pys_har
 
     source = accuracy_real.convert_downloads({"synthetic": None}, 930, 64, tmp_path / "raw")
     subprocess.run([str(accuracy_real.BIN / "unisegdiff"), "convert", "synthetic", "-", "-d", "935", "-q", "-o",
-                    str(tmp_path / "plain"), *accuracy_real.CONVERTERS["synthetic"][0]], check=True)
+                    str(tmp_path / "plain"), *accuracy_real.CONVERTERS["synthetic"].options], check=True)
     case = "SYN_0001_endo"
     plain_file = tmp_path / "plain" / "Dataset935_Synthetic" / "imagesTr" / f"{case}_0000.png"
     plain = np.asarray(Image.open(plain_file))
